@@ -1,0 +1,2 @@
+"""Masks and the ways to make them: global magnitude pruning (IMP), refill,
+regroup, slimming."""

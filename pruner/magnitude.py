@@ -1,0 +1,39 @@
+"""Global magnitude pruning, the step of IMP.
+
+Prunes `rate` of the weights that are still unpruned, across all prunable
+layers at once, by the absolute value of the trained (masked) weights.
+Ties break by position (stable sort), so the result is deterministic.
+"""
+import torch
+
+from pruner.mask import Mask
+from pruner.masking import current_mask
+from utils.errors import UserError
+
+
+def global_magnitude_prune(model, rate, include_stem=False):
+    """The next IMP mask: the current one minus the `rate` fraction of its
+    remaining weights with the smallest |weight| (rounded to whole weights)."""
+    if not 0.0 < rate < 1.0:
+        raise UserError(f"pruning rate must be in (0, 1), got {rate}")
+    mask = current_mask(model, include_stem)
+    modules = dict(model.named_modules())
+    names = list(mask)
+    scores, flat_masks = [], []
+    for name in names:
+        w = modules[name].weight.detach().float().cpu().flatten()  # masked weight: orig * mask
+        m = mask[name].flatten()
+        scores.append(torch.where(m > 0, w.abs(), torch.full_like(w, -1.0)))  # pruned sort first
+        flat_masks.append(m)
+    scores = torch.cat(scores)
+    already_pruned = int((torch.cat(flat_masks) == 0).sum())
+    to_prune = int(round(rate * (scores.numel() - already_pruned)))
+    order = torch.sort(scores, stable=True).indices
+    keep = torch.ones_like(scores)
+    keep[order[: already_pruned + to_prune]] = 0.0
+    new_mask, offset = Mask(), 0
+    for name in names:
+        n = mask[name].numel()
+        new_mask[name] = keep[offset: offset + n].view_as(mask[name]).clone()
+        offset += n
+    return new_mask

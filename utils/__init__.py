@@ -1,0 +1,2 @@
+"""Shared library code for the entry scripts: data, training, checkpoints,
+command-line groups, run summaries."""

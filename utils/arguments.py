@@ -1,0 +1,88 @@
+"""Argparse groups shared by the entry scripts.
+
+Flag names are the original code's, underscores and dashes as they were, so
+its README command lines run verbatim (argparse's prefix matching also
+accepts its `--epoch` for `--epochs`). Defaults serve the bundled digits
+data: a no-flag run is a real, small CPU run.
+"""
+import argparse
+import os
+
+from models import model_names
+from utils.datasets import dataset_names
+from utils.errors import UserError
+
+
+def add_general(parser, save_dir):
+    g = parser.add_argument_group("general")
+    g.add_argument("--data", default="datasets", help="dataset location (unused for digits)")
+    g.add_argument("--dataset", default="digits", help=f"one of: {', '.join(dataset_names())}")
+    g.add_argument("--arch", default="res20s", help=f"one of: {', '.join(model_names())}")
+    g.add_argument("--seed", type=int, default=1, help="seed of weights, data order and augmentation")
+    g.add_argument("--save_dir", default=save_dir, help="where checkpoints, summary.json and plots go")
+    g.add_argument("--gpu", type=int, default=None, help="CUDA device index (CPU when CUDA is absent)")
+    g.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 for digits, else 4)")
+    g.add_argument("--no_amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
+
+
+def add_training(parser, epochs=15):
+    g = parser.add_argument_group("training")
+    g.add_argument("--batch_size", type=int, default=128)
+    g.add_argument("--lr", type=float, default=0.1, help="initial learning rate")
+    g.add_argument("--momentum", type=float, default=0.9)
+    g.add_argument("--weight_decay", type=float, default=5e-4)
+    g.add_argument("--epochs", type=int, default=epochs, help="epochs per IMP state / retraining run")
+    g.add_argument("--warmup", type=int, default=0, help="epochs of linear learning-rate warm-up")
+    g.add_argument("--print_freq", type=int, default=50, help="batches between progress lines (logs without a TTY)")
+    g.add_argument("--decreasing_lr", default=None,
+                   help="comma-separated epochs where the lr drops 10x (default: 50%% and 75%% of --epochs)")
+
+
+def add_ticket(parser):
+    """Flags naming where a ticket comes from (shared with the retraining scripts)."""
+    g = parser.add_argument_group("ticket")
+    g.add_argument("--pretrained", default=None, help="checkpoint with the weights to start from / rewind to")
+    g.add_argument("--conv1", action="store_true", help="prune the stem convolution too")
+    g.add_argument("--fc", action="store_true",
+                   help="accepted for the original command lines; the classifier is never pruned")
+    g.add_argument("--resume", action="store_true", help="continue the run in --save_dir")
+    g.add_argument("--checkpoint", default=None, help="checkpoint to resume from (default: the latest in --save_dir)")
+
+
+def finish(args):
+    """Check flag values and fill derived defaults; UserError on bad input."""
+    if args.dataset not in dataset_names():
+        raise UserError(f"unknown --dataset '{args.dataset}'; valid: {', '.join(dataset_names())}")
+    if args.arch not in model_names():
+        raise UserError(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
+    if args.workers is None:
+        args.workers = 0 if args.dataset == "digits" else 4
+    for name in ("epochs", "batch_size"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+    if args.lr <= 0:
+        raise UserError(f"--lr must be positive, got {args.lr}")
+    if args.decreasing_lr:
+        try:
+            [int(x) for x in str(args.decreasing_lr).split(",") if x.strip()]
+        except ValueError:
+            raise UserError(f"--decreasing_lr must be comma-separated epochs like 80,120, got '{args.decreasing_lr}'") from None
+    return args
+
+
+def prepare_save_dir(path):
+    """Create --save_dir and prove it is writable before any training."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write-test")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(probe)
+    except OSError as err:
+        raise UserError(f"--save_dir '{path}' is not writable: {err.strerror}") from None
+
+
+def parser_for(description):
+    return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)

@@ -1,0 +1,74 @@
+"""What a researcher looks at after a run: `summary.json` (machine-readable,
+one entry per IMP state / run) and two plots — accuracy per epoch, and test
+accuracy against sparsity across states."""
+import json
+import os
+import platform
+
+import torch
+
+from utils.training import best_summary
+
+
+def state_record(state, mask, result):
+    """The summary entry of one trained state."""
+    return {"state": state, "sparsity": mask.sparsity() if mask else 0.0,
+            "remaining_weights": mask.density() if mask else 1.0,
+            **best_summary(result),
+            "layer_density": mask.layer_density() if mask else {},
+            "epochs": result}
+
+
+def environment(device):
+    return {"device": str(device), "torch": torch.__version__, "python": platform.python_version(),
+            "cpu_threads": torch.get_num_threads()}
+
+
+def write_summary(save_dir, summary):
+    path = os.path.join(save_dir, "summary.json")
+    tmp = path + ".part"
+    with open(tmp, "w") as f:
+        json.dump(summary, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path
+
+
+def plot_states(save_dir, states, title):
+    """accuracy_per_epoch.png and accuracy_vs_sparsity.png in save_dir."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for rec in states:
+        acc = rec["epochs"]["test_acc"]
+        ax.plot(range(1, len(acc) + 1), acc, label=f"state {rec['state']} ({100 * rec['sparsity']:.1f}% sparse)")
+    ax.set(xlabel="epoch", ylabel="test accuracy (%)", title=f"{title}: test accuracy per epoch")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(os.path.join(save_dir, "accuracy_per_epoch.png"), dpi=110)
+    plt.close(fig)
+
+    done = [r for r in states if r["test_acc_at_best_val"] is not None]
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.plot([100 * r["sparsity"] for r in done], [r["test_acc_at_best_val"] for r in done], "o-", label="ticket")
+    if done:
+        ax.axhline(done[0]["test_acc_at_best_val"], color="gray", ls="--", label="state 0 (dense)")
+    ax.set(xlabel="sparsity of pruned convolutions (%)", ylabel="test accuracy at best validation (%)",
+           title=f"{title}: accuracy vs. sparsity")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(save_dir, "accuracy_vs_sparsity.png"), dpi=110)
+    plt.close(fig)
+
+
+def states_table(states):
+    lines = ["state  sparsity  best val  epoch  test@best val"]
+    for r in states:
+        lines.append(f"{r['state']:>5}  {100 * r['sparsity']:7.2f}%  {r['best_val_acc']:7.2f}%  {r['best_epoch']:>5}  "
+                     f"{r['test_acc_at_best_val']:12.2f}%")
+    return "\n".join(lines)

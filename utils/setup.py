@@ -1,0 +1,39 @@
+"""Run set-up shared by the entry scripts: device, data, model, resume file."""
+import torch
+
+from models import build_model
+from utils.checkpoint import latest_checkpoint, load_file
+from utils.datasets import load_dataset
+from utils.errors import UserError
+from utils.runtime import seed_everything, select_device
+
+RESUME_KEYS = ("state", "epoch", "state_dict", "optimizer", "scheduler", "result", "best_sa", "init_weight")
+
+
+def build(args):
+    """(device, data splits, model on device) for parsed, checked args; the
+    model's initial weights depend only on --seed."""
+    device = select_device(args.gpu)
+    print(f"device: {device} | torch {torch.__version__} | dataset {args.dataset} | arch {args.arch}", flush=True)
+    data = load_dataset(args.dataset, args.data)
+    seed_everything(args.seed)
+    spec = data.spec
+    model = build_model(args.arch, spec.num_classes, spec.in_channels, spec.mean, spec.std, spec.imagenet_stem)
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return device, data, model
+
+
+def resume_checkpoint(args, name_hint):
+    """The checkpoint --resume continues: --checkpoint, else the latest in
+    --save_dir; UserError when there is none or it is not a run checkpoint."""
+    path = args.checkpoint or latest_checkpoint(args.save_dir)
+    if path is None:
+        raise UserError(f"--resume: no --checkpoint given and no {name_hint} in --save_dir '{args.save_dir}'")
+    ckpt = load_file(path, "--resume checkpoint")
+    missing = [k for k in RESUME_KEYS if not (isinstance(ckpt, dict) and k in ckpt)]
+    if missing:
+        raise UserError(f"--resume checkpoint '{path}' lacks {', '.join(missing)}: not a training checkpoint of this tool")
+    print(f"resuming from {path} (state {ckpt['state']}, {ckpt['epoch']} epoch(s) done)", flush=True)
+    return ckpt
