@@ -24,7 +24,7 @@ def get_args_parser():
     add_ticket(parser)
     g = parser.add_argument_group("IMP")
     g.add_argument("--init", default=None, help="initial weights file: created when missing, reused when present")
-    g.add_argument("--pruning_times", type=int, default=5, help="number of IMP states, dense state 0 included")
+    g.add_argument("--pruning_times", type=int, default=8, help="number of IMP states, dense state 0 included")
     g.add_argument("--rate", type=float, default=0.2, help="fraction of remaining weights pruned per state")
     g.add_argument("--prune_type", default="lt", choices=["lt", "pt", "rewind_lt"], help="where to rewind")
     g.add_argument("--rewind_epoch", type=int, default=3, help="rewind_lt: epochs of state 0 before the rewind point")

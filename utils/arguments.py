@@ -80,6 +80,9 @@ def prepare_save_dir(path):
             f.flush()
             os.fsync(f.fileno())
         os.unlink(probe)
+        for name in os.listdir(path):  # temporaries of a save that was killed mid-write
+            if name.startswith(".tmp-") and name.endswith(".part"):
+                os.unlink(os.path.join(path, name))
     except OSError as err:
         raise UserError(f"--save_dir '{path}' is not writable: {err.strerror}") from None
 

@@ -1,0 +1,165 @@
+"""main_imp.py end to end: sparsity schedule, rewinding, files, the seed
+README's command, bit-exact resume after SIGKILL, and bad input."""
+import json
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+import main_imp
+from conftest import ROOT, run_script
+from models import build_model
+from pruner.masking import effective_weights
+from utils.checkpoint import load_file
+
+FAST = ["--arch", "res20s", "--epochs", "2", "--batch_size", "128"]
+
+
+def test_imp_sparsity_rewind_and_files(tmp_path, monkeypatch):
+    save = tmp_path / "run"
+    starts = {}
+    real_train_state = main_imp.train_state
+
+    def spy(model, data, args, device, *, state, **kw):
+        if kw.get("resume") is None:
+            starts[state] = effective_weights(model)
+        return real_train_state(model, data, args, device, state=state, **kw)
+
+    monkeypatch.setattr(main_imp, "train_state", spy)
+    args = main_imp.get_args_parser().parse_args(
+        FAST + ["--pruning_times", "3", "--prune_type", "rewind_lt", "--rewind_epoch", "1",
+                "--save_dir", str(save), "--init", str(tmp_path / "init.pth.tar")])
+    main_imp.main(args)
+
+    for i in range(3):
+        assert (save / f"{i}checkpoint.pth.tar").exists() and (save / f"{i}model_SA_best.pth.tar").exists()
+    assert (save / "accuracy_per_epoch.png").exists() and (save / "accuracy_vs_sparsity.png").exists()
+    summary = json.loads((save / "summary.json").read_text())
+    sparsities = [s["sparsity"] for s in summary["states"]]
+    for i, s in enumerate(sparsities):
+        assert abs(s - (1 - 0.8 ** i)) < 1e-3
+    assert all(s["test_acc_at_best_val"] is not None for s in summary["states"])
+
+    ck = [load_file(str(save / f"{i}checkpoint.pth.tar")) for i in range(3)]
+    assert set(ck[0]) >= {"state", "result", "epoch", "state_dict", "best_sa", "optimizer", "scheduler", "init_weight"}
+    sd1, sd2 = ck[1]["state_dict"], ck[2]["state_dict"]
+    assert "conv1.weight" in sd2 and "conv1.weight_mask" not in sd2  # stem dense
+    assert "fc.weight" in sd2 and "fc.weight_mask" not in sd2  # classifier dense
+    masks = [k for k in sd2 if k.endswith("weight_mask")]
+    assert masks and all(torch.all(sd2[k] <= sd1[k]) for k in masks)  # pruned stays pruned
+
+    rewind = ck[2]["init_weight"]
+    init_file = torch.load(tmp_path / "init.pth.tar")
+    assert not torch.equal(rewind["layer1.0.conv1.weight"], init_file["layer1.0.conv1.weight"])  # rewind_lt: epoch 1
+    for state in (1, 2):
+        mask_sd = ck[state]["state_dict"]
+        for k in masks:
+            layer = k[: -len("_mask")]
+            m = mask_sd[k] > 0
+            assert torch.equal(starts[state][layer][m], rewind[layer][m]), (state, layer)
+            assert torch.all(starts[state][layer][~m] == 0)
+    assert torch.equal(starts[0]["layer1.0.conv1.weight"], init_file["layer1.0.conv1.weight"])
+
+
+def test_default_run_dense_accuracy_at_least_95(tmp_path):
+    proc = run_script("main_imp.py", "--pruning_times", "1", "--save_dir", tmp_path / "dense")
+    assert proc.returncode == 0, proc.stderr
+    assert "state 0 done: sparsity 0.00%" in proc.stdout
+    summary = json.loads((tmp_path / "dense" / "summary.json").read_text())
+    assert summary["states"][0]["test_acc_at_best_val"] >= 95.0
+
+
+SEED_IMP = ("main_imp.py --data datasets/cifar10 --dataset cifar10 --arch res18 --save_dir "
+            "resnet18_cifar10_lt_0.2_s1_rewind_16 --init pretrained_model/res18_cifar10_1_init.pth.tar --seed 1 "
+            "--lr 0.1 --fc --rate 0.2 --pruning_times 10 --prune_type rewind_lt --epoch 160 --decreasing_lr 80,120 "
+            "--rewind_epoch 16 --weight_decay 1e-4 --batch_size 128")
+
+
+def test_seed_readme_imp_command_verbatim(tmp_path):
+    argv = shlex.split(SEED_IMP.replace("--dataset cifar10", "--dataset digits")
+                       .replace("--pruning_times 10", "--pruning_times 2").replace("--epoch 160", "--epoch 1"))
+    proc = run_script(argv[0], *argv[1:], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run = tmp_path / "resnet18_cifar10_lt_0.2_s1_rewind_16"
+    assert (run / "1checkpoint.pth.tar").exists()
+    assert (tmp_path / "pretrained_model" / "res18_cifar10_1_init.pth.tar").exists()
+    assert "state 1 done: sparsity 20.00%" in proc.stdout
+
+
+RESUME_RUN = FAST[:2] + ["--epochs", "3", "--pruning_times", "3", "--prune_type", "rewind_lt",
+                         "--rewind_epoch", "1", "--seed", "7"]
+
+
+def _final_state(save):
+    ck = load_file(str(save / "2checkpoint.pth.tar"))
+    return ck["state_dict"], ck["result"]["val_acc"], ck["init_weight"]
+
+
+@pytest.mark.slow
+def test_sigkill_anywhere_then_resume_is_bit_exact(tmp_path):
+    straight = tmp_path / "straight"
+    proc = run_script("main_imp.py", *RESUME_RUN, "--save_dir", straight)
+    assert proc.returncode == 0, proc.stderr
+
+    killed = tmp_path / "killed"
+    delays = [4.5, 6.0, 5.2, 7.5, 3.0, 6.8, 5.7, 8.0]  # seconds after launch (start-up takes ~3 s)
+    kills = 0
+    for attempt in range(20):
+        resume = ["--resume"] if any(killed.glob("*checkpoint.pth.tar")) else []
+        cmd = [sys.executable, os.path.join(ROOT, "main_imp.py"), *RESUME_RUN, "--save_dir", str(killed), *resume]
+        p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        try:
+            p.wait(timeout=delays[attempt] if attempt < len(delays) else 300)
+            assert p.returncode == 0, p.stderr.read()
+            break
+        except subprocess.TimeoutExpired:
+            os.kill(p.pid, signal.SIGKILL)
+            p.wait()
+            kills += 1
+            for f in killed.glob("*.pth.tar"):  # every checkpoint on disk is complete
+                load_file(str(f))
+    assert kills >= 2, "the run finished before it could be interrupted"
+    a_sd, a_val, a_init = _final_state(straight)
+    b_sd, b_val, b_init = _final_state(killed)
+    assert a_sd.keys() == b_sd.keys()
+    assert all(torch.equal(a_sd[k], b_sd[k]) for k in a_sd)
+    assert all(torch.equal(a_init[k], b_init[k]) for k in a_init)
+    assert a_val == b_val
+
+
+def test_bad_input_one_line_errors(tmp_path, cli_error):
+    cases = [
+        (["--dataset", "cifar10", "--data", str(tmp_path / "nope")], "nope"),
+        (["--arch", "resnet1000"], "unknown --arch 'resnet1000'; valid: mobilenet"),
+        (["--dataset", "mnist"], "unknown --dataset 'mnist'; valid:"),
+        (["--rate", "1.5"], "--rate must be in (0, 1)"),
+        (["--rate", "0"], "--rate must be in (0, 1)"),
+        (["--resume", "--save_dir", str(tmp_path / "empty")], "no --checkpoint given"),
+        (["--prune_type", "pt"], "--pretrained"),
+    ]
+    for argv, expected in cases:
+        line = cli_error(main_imp, argv + ["--save_dir", str(tmp_path / "s")] if "--save_dir" not in argv else argv)
+        assert expected in line, (argv, line)
+
+    garbage = tmp_path / "garbage.pth.tar"
+    garbage.write_text("not a checkpoint")
+    assert "not a readable PyTorch file" in cli_error(main_imp, ["--resume", "--checkpoint", str(garbage)])
+
+    vgg_init = tmp_path / "vgg_init.pth.tar"
+    torch.save(build_model("vgg16_bn", 10, 1, (0.3,), (0.2,)).state_dict(), vgg_init)
+    line = cli_error(main_imp, ["--init", str(vgg_init), "--save_dir", str(tmp_path / "v")])
+    assert "--init file" in line and "do not fit this architecture" in line
+
+
+def test_existing_run_is_never_overwritten(tmp_path, cli_error):
+    save = tmp_path / "run"
+    save.mkdir()
+    (save / "0checkpoint.pth.tar").write_bytes(b"precious")
+    line = cli_error(main_imp, ["--save_dir", str(save)])
+    assert "already holds a run" in line and "--resume" in line
+    assert (save / "0checkpoint.pth.tar").read_bytes() == b"precious"
