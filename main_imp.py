@@ -8,11 +8,13 @@ state 0; pt: --pretrained) and the next state trains the masked model.
 import os
 
 from pruner.magnitude import global_magnitude_prune
+from pruner.refill import check_refill_args, criterion_names, refill
 from pruner.masking import apply_mask, check_compatible, current_mask, effective_weights, load_plain_weights, load_weights
 from utils.arguments import add_general, add_ticket, add_training, finish, parser_for, prepare_save_dir
 from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, plain_weights, save_atomic, state_dict_of
 from utils.errors import UserError, run_cli
 from utils.report import environment, plot_states, state_record, states_table, write_summary
+from utils.retrain import training_batch
 from utils.setup import build, resume_checkpoint
 from utils.training import train_state
 
@@ -28,6 +30,10 @@ def get_args_parser():
     g.add_argument("--rate", type=float, default=0.2, help="fraction of remaining weights pruned per state")
     g.add_argument("--prune_type", default="lt", choices=["lt", "pt", "rewind_lt"], help="where to rewind")
     g.add_argument("--rewind_epoch", type=int, default=3, help="rewind_lt: epochs of state 0 before the rewind point")
+    g = parser.add_argument_group("IMP-Refill: refill the mask after every round")
+    g.add_argument("--fillback", action="store_true", help="make each round's mask channel-wise (IMP-Refill)")
+    g.add_argument("--criteria", default="magnitude", help=f"refill criterion, one of: {', '.join(criterion_names())}")
+    g.add_argument("--fillback_rate", type=float, default=0.0, help="0 = refill, > 0 = refill+")
     return parser
 
 
@@ -37,6 +43,8 @@ def check_imp_args(args):
         raise UserError(f"--rate must be in (0, 1), got {args.rate}")
     if args.pruning_times < 1:
         raise UserError(f"--pruning_times must be at least 1, got {args.pruning_times}")
+    if args.fillback:
+        check_refill_args(args.criteria, args.fillback_rate)
     if args.prune_type == "pt" and not args.pretrained:
         raise UserError("--prune_type pt rewinds to --pretrained weights: give --pretrained <checkpoint>")
     if args.prune_type == "rewind_lt" and args.rewind_epoch < 0:
@@ -63,6 +71,17 @@ def initial_weights(model, args):
         save_atomic(effective_weights(model), args.init)
         print(f"initial weights saved to {args.init}")
     return {k: v.cpu() for k, v in effective_weights(model).items()}
+
+
+def next_mask(model, data, args):
+    """Prune the trained model by global magnitude, then post-process the
+    mask (IMP-Refill) before rewinding."""
+    mask = global_magnitude_prune(model, args.rate, args.conv1)
+    if args.fillback:
+        apply_mask(model, mask)  # activation criteria see the pruned network
+        batch = training_batch(data, args) if args.criteria in ("l1", "l2", "saliency") else None
+        mask = refill(model, mask, args.criteria, args.fillback_rate, batch)
+    return mask
 
 
 def main(args):
@@ -107,7 +126,7 @@ def main(args):
         write_summary(args.save_dir, summary)
         plot_states(args.save_dir, history, f"IMP {args.arch} on {args.dataset}")
         if state + 1 < args.pruning_times:
-            new_mask = global_magnitude_prune(model, args.rate, args.conv1)
+            new_mask = next_mask(model, data, args)
             load_plain_weights(model, extra["init_weight"])  # rewind, then mask
             apply_mask(model, new_mask)
             print(f"pruned to {100 * new_mask.sparsity():.2f}% sparsity, rewound ({args.prune_type}):\n{new_mask.report()}")

@@ -35,3 +35,36 @@ def cli_error(capsys):
         return lines[0]
 
     return call
+
+
+SEED_IMP = ("main_imp.py --data datasets/cifar10 --dataset cifar10 --arch res18 --save_dir "
+            "resnet18_cifar10_lt_0.2_s1_rewind_16 --init pretrained_model/res18_cifar10_1_init.pth.tar --seed 1 "
+            "--lr 0.1 --fc --rate 0.2 --pruning_times 10 --prune_type rewind_lt --epoch 160 --decreasing_lr 80,120 "
+            "--rewind_epoch 16 --weight_decay 1e-4 --batch_size 128")
+
+
+def seed_command(command, **replace):
+    """The seed README's command with --dataset digits and short settings."""
+    import shlex
+    command = command.replace("--dataset cifar10", "--dataset digits")
+    for old, new in replace.items():
+        command = command.replace(old, new)
+    return shlex.split(command)
+
+
+@pytest.fixture(scope="session")
+def seed_imp_run(tmp_path_factory):
+    """The seed README's IMP command, verbatim but for digits, 1 epoch, 2 states.
+    Returns (working directory, CompletedProcess)."""
+    cwd = tmp_path_factory.mktemp("seed")
+    argv = seed_command(SEED_IMP, **{"--pruning_times 10": "--pruning_times 2", "--epoch 160": "--epoch 1"})
+    return cwd, run_script(argv[0], *argv[1:], cwd=cwd)
+
+
+@pytest.fixture(scope="session")
+def digits_imp_run(tmp_path_factory):
+    """A default-settings IMP run on digits with two states (dense + 20%)."""
+    save = tmp_path_factory.mktemp("digits") / "imp"
+    proc = run_script("main_imp.py", "--pruning_times", "2", "--save_dir", save)
+    assert proc.returncode == 0, proc.stderr
+    return save

@@ -2,7 +2,6 @@
 README's command, bit-exact resume after SIGKILL, and bad input."""
 import json
 import os
-import shlex
 import signal
 import subprocess
 import sys
@@ -66,28 +65,18 @@ def test_imp_sparsity_rewind_and_files(tmp_path, monkeypatch):
     assert torch.equal(starts[0]["layer1.0.conv1.weight"], init_file["layer1.0.conv1.weight"])
 
 
-def test_default_run_dense_accuracy_at_least_95(tmp_path):
-    proc = run_script("main_imp.py", "--pruning_times", "1", "--save_dir", tmp_path / "dense")
-    assert proc.returncode == 0, proc.stderr
-    assert "state 0 done: sparsity 0.00%" in proc.stdout
-    summary = json.loads((tmp_path / "dense" / "summary.json").read_text())
+def test_default_run_dense_accuracy_at_least_95(digits_imp_run):
+    summary = json.loads((digits_imp_run / "summary.json").read_text())
+    assert summary["states"][0]["sparsity"] == 0.0
     assert summary["states"][0]["test_acc_at_best_val"] >= 95.0
 
 
-SEED_IMP = ("main_imp.py --data datasets/cifar10 --dataset cifar10 --arch res18 --save_dir "
-            "resnet18_cifar10_lt_0.2_s1_rewind_16 --init pretrained_model/res18_cifar10_1_init.pth.tar --seed 1 "
-            "--lr 0.1 --fc --rate 0.2 --pruning_times 10 --prune_type rewind_lt --epoch 160 --decreasing_lr 80,120 "
-            "--rewind_epoch 16 --weight_decay 1e-4 --batch_size 128")
-
-
-def test_seed_readme_imp_command_verbatim(tmp_path):
-    argv = shlex.split(SEED_IMP.replace("--dataset cifar10", "--dataset digits")
-                       .replace("--pruning_times 10", "--pruning_times 2").replace("--epoch 160", "--epoch 1"))
-    proc = run_script(argv[0], *argv[1:], cwd=tmp_path)
+def test_seed_readme_imp_command_verbatim(seed_imp_run):
+    cwd, proc = seed_imp_run
     assert proc.returncode == 0, proc.stderr
-    run = tmp_path / "resnet18_cifar10_lt_0.2_s1_rewind_16"
+    run = cwd / "resnet18_cifar10_lt_0.2_s1_rewind_16"
     assert (run / "1checkpoint.pth.tar").exists()
-    assert (tmp_path / "pretrained_model" / "res18_cifar10_1_init.pth.tar").exists()
+    assert (cwd / "pretrained_model" / "res18_cifar10_1_init.pth.tar").exists()
     assert "state 1 done: sparsity 20.00%" in proc.stdout
 
 

@@ -114,13 +114,14 @@ def best_summary(result):
 
 
 def train_state(model, data, args, device, *, state, checkpoint_file, best_file, extra, resume=None,
-                on_epoch_start=None, writer=True):
+                on_epoch_start=None, writer=True, save_weights=True):
     """Train one IMP state (or one retraining run) and return its `result`.
 
     `extra` is merged into every checkpoint (it holds `init_weight` and any
     script-specific keys; `on_epoch_start(epoch)` may update it, as
     rewind_lt does). `resume` is a checkpoint of this state to continue.
-    Only `writer` processes save files.
+    Only `writer` processes save files; without `save_weights` checkpoints
+    hold the results only (no weights, masks or optimizer).
     """
     optimizer = build_optimizer(model, args)
     scheduler = build_scheduler(optimizer, args)
@@ -161,9 +162,10 @@ def train_state(model, data, args, device, *, state, checkpoint_file, best_file,
         if not math.isfinite(loss):
             raise TrainingDiverged(f"state {state} epoch {epoch + 1}: mean loss is {loss}")
         if writer:
-            checkpoint = {"state": state, "result": result, "epoch": epoch + 1, "state_dict": model.state_dict(),
-                          "best_sa": best_sa, "optimizer": optimizer.state_dict(),
-                          "scheduler": scheduler.state_dict(), **extra}
+            checkpoint = {"state": state, "result": result, "epoch": epoch + 1, "best_sa": best_sa}
+            if save_weights:
+                checkpoint.update(state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
+                                  scheduler=scheduler.state_dict(), **extra)
             save_atomic(checkpoint, checkpoint_file)
             if is_best:
                 save_atomic(checkpoint, best_file)

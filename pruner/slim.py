@@ -1,0 +1,192 @@
+"""Slimming: export a channel-wise (refilled) ticket as a physically smaller
+model whose eval-mode outputs equal the masked model's.
+
+A removed output channel of a masked conv is all zeros; after its BatchNorm
+it is the constant b = beta - gamma * mean / sqrt(var + eps), after ReLU
+relu(b). So:
+
+- where a conv's output reaches exactly one next conv through BN -> ReLU
+  (-> max-pool), the "chain" is cut: the conv computes only its kept
+  channels, its BN keeps only their statistics, and the next conv reads only
+  those input channels; what the removed inputs contributed is a map that
+  depends on the spatial size alone (the constant relu(b) convolved with the
+  removed weights, zero padding included) and is cached per size;
+- where a residual sum (or the classifier) needs the full width, the conv
+  computes only its kept channels and scatters them into a zero tensor.
+
+The chains are known per block type (ResNet basic/bottleneck blocks,
+MobileNet depthwise-separable blocks, VGG's conv sequence); nothing else is
+cut.
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.mobilenet import DepthwiseSeparable
+from models.resnet import BasicBlock, Bottleneck
+from models.vgg import VGG
+from pruner.masking import strip_masks
+from pruner.refill import is_channel_wise, kept_rows
+from utils.errors import UserError
+
+
+class SlimConv(nn.Module):
+    """A conv over a subset of input channels and of output channels.
+
+    in_index:   channels of the incoming tensor to read (None: all it has);
+    const_in:   (weight on removed inputs, their constant values) when the
+                incoming tensor already lacks them, else None;
+    out_index / out_channels: scatter the outputs to this full width (None: don't).
+    """
+
+    def __init__(self, conv, out_keep, in_keep, in_gather, const_in, scatter):
+        super().__init__()
+        w = conv.weight.detach()
+        depthwise = conv.groups == conv.in_channels and conv.groups > 1
+        w = w[out_keep]
+        if not depthwise:
+            w = w[:, in_keep]
+        self.groups = len(out_keep) if depthwise else conv.groups
+        self.weight = nn.Parameter(w.clone())
+        self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach()[out_keep].clone())
+        self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
+        self.register_buffer("in_index", in_gather.clone() if in_gather is not None else None)
+        self.register_buffer("out_index", out_keep.clone() if scatter else None)
+        self.out_channels = conv.out_channels
+        if const_in is not None:
+            removed_weight, values = const_in
+            self.register_buffer("removed_weight", removed_weight[out_keep].clone())
+            self.register_buffer("removed_value", values.clone())
+        else:
+            self.removed_weight = None
+        self._const_maps = {}
+
+    def _const_map(self, x):
+        key = (x.shape[-2], x.shape[-1], x.device, x.dtype)
+        if key not in self._const_maps:
+            image = self.removed_value.to(x.dtype).view(1, -1, 1, 1).expand(1, -1, *x.shape[-2:])
+            self._const_maps[key] = F.conv2d(image, self.removed_weight.to(x.dtype), None,
+                                             self.stride, self.padding, self.dilation)
+        return self._const_maps[key]
+
+    def forward(self, x):
+        if self.in_index is not None:
+            x = x.index_select(1, self.in_index)
+        y = F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+        if self.removed_weight is not None:
+            y.add_(self._const_map(x))
+        if self.out_index is not None:
+            y = self._scatter(y)
+        return y
+
+    def _scatter(self, y):
+        """Kept channels into a zero tensor of full width, in y's memory format."""
+        n, _, h, w = y.shape
+        if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+            full = y.new_zeros(n, h, w, self.out_channels)  # NHWC storage: channels are the last dim
+            full.index_copy_(3, self.out_index, y.permute(0, 2, 3, 1))
+            return full.permute(0, 3, 1, 2)
+        return y.new_zeros(n, self.out_channels, h, w).index_copy_(1, self.out_index, y)
+
+
+def _slice_bn(bn, keep):
+    new = nn.BatchNorm2d(len(keep), eps=bn.eps, momentum=bn.momentum, affine=bn.affine,
+                         track_running_stats=bn.track_running_stats)
+    with torch.no_grad():
+        if bn.affine:
+            new.weight.copy_(bn.weight[keep])
+            new.bias.copy_(bn.bias[keep])
+        new.running_mean.copy_(bn.running_mean[keep])
+        new.running_var.copy_(bn.running_var[keep])
+        new.num_batches_tracked.copy_(bn.num_batches_tracked)
+    return new.train(bn.training)
+
+
+def _bn_constant(bn, removed):
+    """relu(BN(0)) for the removed channels: what the next layer sees of them."""
+    with torch.no_grad():
+        value = bn.bias[removed] - bn.weight[removed] * bn.running_mean[removed] / torch.sqrt(
+            bn.running_var[removed] + bn.eps)
+    return value.clamp(min=0)
+
+
+def _chains(model):
+    """(parent, producer conv, its BN, consumer conv) attribute triples where
+    the producer's output reaches only the consumer through BN -> ReLU (-> max-pool)."""
+    chains = []
+    for module in model.modules():
+        if isinstance(module, BasicBlock):
+            chains.append((module, "conv1", "bn1", "conv2"))
+        elif isinstance(module, Bottleneck):
+            chains += [(module, "conv1", "bn1", "conv2"), (module, "conv2", "bn2", "conv3")]
+        elif isinstance(module, DepthwiseSeparable):
+            chains.append((module, "conv1", "bn1", "conv2"))
+        elif isinstance(module, VGG):
+            items = list(module.features.named_children())
+            convs = [i for i, (_, m) in enumerate(items) if isinstance(m, nn.Conv2d)]
+            for a, b in zip(convs, convs[1:]):
+                chains.append((module.features, items[a][0], items[a + 1][0], items[b][0]))
+    return chains
+
+
+def slim(model, mask=None):
+    """A physically slimmed copy of `model` (masked with a channel-wise mask,
+    or with `mask` given). Raises UserError for a mask that is not channel-wise."""
+    for module in model.modules():  # prune's weight = orig * mask is a graph node; deepcopy needs leaves
+        if hasattr(module, "weight_mask") and hasattr(module, "weight_orig"):
+            module.weight = module.weight_orig.detach() * module.weight_mask
+    model = copy.deepcopy(model).cpu().eval()
+    if mask is not None:
+        from pruner.masking import apply_mask
+        apply_mask(model, mask)
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    masks = {}
+    for name, module in modules.items():
+        if isinstance(module, nn.Conv2d) and hasattr(module, "weight_mask"):
+            if not is_channel_wise(module.weight_mask):
+                raise UserError(f"layer '{name}' is not channel-wise: slimming needs a refilled mask")
+            masks[name] = module.weight_mask
+    strip_masks(model)
+    plans = {}  # conv name -> dict(out_keep, in_keep, in_gather, const_in, scatter)
+
+    def plan(name):
+        conv = modules[name]
+        keep = kept_rows(masks[name]) if name in masks else torch.arange(conv.out_channels)
+        return plans.setdefault(name, {"out_keep": keep, "in_keep": torch.arange(conv.weight.shape[1]),
+                                       "in_gather": None, "const_in": None, "scatter": True})
+
+    for parent, prod, bn_name, cons in _chains(model):
+        pname, cname = names[getattr(parent, prod)], names[getattr(parent, cons)]
+        if pname not in masks:
+            continue
+        keep = plan(pname)["out_keep"]
+        if len(keep) == modules[pname].out_channels:
+            continue
+        removed = torch.tensor(sorted(set(range(modules[pname].out_channels)) - set(keep.tolist())))
+        bn = getattr(parent, bn_name)
+        consumer = modules[cname]
+        if consumer.groups != 1:
+            continue  # a grouped consumer keeps full width (its producer scatters)
+        plans[pname]["scatter"] = False
+        cplan = plan(cname)
+        cplan["in_keep"] = keep
+        values = _bn_constant(bn, removed)
+        if bool(torch.any(values != 0)):  # removed channels that ReLU zeroes contribute nothing
+            cplan["const_in"] = (consumer.weight.detach()[:, removed].clone(), values)
+        setattr(parent, bn_name, _slice_bn(bn, keep))
+    for name, conv in modules.items():
+        if not isinstance(conv, nn.Conv2d) or (name not in masks and name not in plans):
+            continue
+        p = plan(name)
+        depthwise = conv.groups == conv.in_channels and conv.groups > 1
+        if depthwise:
+            p["in_gather"] = p["out_keep"]  # depthwise: output j reads input j
+        elif conv.groups != 1:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        setattr(parent, attr, SlimConv(conv, p["out_keep"], p["in_keep"], p["in_gather"], p["const_in"], p["scatter"]))
+    return model

@@ -1,0 +1,164 @@
+"""Refill / refill+: exact channel counts and ordering per criterion, the
+retraining script (seed command, accuracy, evaluate, bad input), IMP-Refill,
+and slimming to a physically smaller model with equal outputs."""
+import json
+
+import pytest
+import torch
+
+import main_eval_fillback
+from conftest import run_script, seed_command
+from models import build_model, model_names
+from pruner.magnitude import global_magnitude_prune
+from pruner.mask import Mask
+from pruner.masking import apply_mask
+from pruner.refill import CRITERIA, channel_scores, is_channel_wise, kept_channels, refill
+from pruner.slim import slim
+from utils.checkpoint import load_file
+from utils.datasets import load_dataset
+from utils.errors import UserError
+
+
+def test_k_formula_by_hand():
+    m = torch.zeros(4, 10)
+    m.view(-1)[:13] = 1  # 13 weights = 1.3 channels' worth
+    assert kept_channels(m, 0.0) == 1  # floor(1.3)
+    assert kept_channels(m, 0.5) == 2  # floor(1.3 + 2.7 * 0.5) = floor(2.65)
+    assert kept_channels(m, 1.0) == 4
+    assert kept_channels(torch.zeros(4, 10), 0.0) == 1  # never an empty layer
+
+
+def test_ties_keep_lower_channel_indices():
+    model = build_model("res20s", 10, 1, (0.3,), (0.2,))
+    layer = model.layer1[0].conv1.weight
+    m = torch.zeros_like(layer)
+    m[:, :, 1, 1] = 1  # every channel holds the same count: 16 of 144 weights each
+    new = refill(model, Mask({"layer1.0.conv1": m}), "remain", 0.2)["layer1.0.conv1"]
+    kept = new.flatten(1).amax(1).nonzero().flatten().tolist()
+    assert kept == list(range(kept_channels(m, 0.2)))  # floor(1 + 15*0.2) = 4 -> channels 0..3
+
+
+@pytest.fixture(scope="module")
+def ticket():
+    torch.manual_seed(0)
+    model = build_model("res20s", 10, 1, (0.3,), (0.2,))
+    mask = global_magnitude_prune(model, 0.5)
+    apply_mask(model, mask)
+    data = load_dataset("digits", "")
+    batch = (data.train.tensors[0][:32], data.train.tensors[1][:32])
+    return model, mask, batch
+
+
+@pytest.mark.parametrize("criterion", sorted(CRITERIA))
+@pytest.mark.parametrize("rate", [0.0, 0.3])
+def test_refill_is_channel_wise_with_exactly_k_best_channels(ticket, criterion, rate):
+    model, mask, batch = ticket
+    new_mask = refill(model, mask, criterion, rate, batch)
+    scores = channel_scores(model, mask, criterion, batch)
+    for name, m in mask.items():
+        new = new_mask[name]
+        assert is_channel_wise(new), name
+        rows = new.flatten(1).amax(1) > 0
+        assert int(rows.sum()) == kept_channels(m, rate), name
+        assert scores[name][rows].min() >= scores[name][~rows].max() if (~rows).any() else True
+
+
+def test_refill_plus_keeps_more_channels(ticket):
+    model, mask, batch = ticket
+    assert refill(model, mask, "magnitude", 0.5).density() > refill(model, mask, "magnitude", 0.0).density()
+
+
+@pytest.mark.parametrize("arch", model_names())
+def test_slimmed_model_equals_masked_model(arch):
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 3).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        # trained-looking statistics, so removed channels leave non-zero constants behind
+        bn.running_mean.uniform_(-1, 1)
+        bn.running_var.uniform_(0.5, 2)
+        bn.bias.data.uniform_(-1, 1)
+        bn.weight.data.uniform_(0.5, 1.5)
+    mask = refill(model, global_magnitude_prune(model, 0.6), "magnitude", 0.0)
+    apply_mask(model, mask)
+    slimmed = slim(model)
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        diff = (slimmed(x) - model(x)).abs().max().item()
+    assert diff < 1e-4
+    assert sum(p.numel() for p in slimmed.parameters()) < 0.8 * sum(p.numel() for p in model.parameters())
+
+
+def test_slim_refuses_unstructured_masks():
+    model = build_model("res20s", 10, 1, (0.3,), (0.2,))
+    with pytest.raises(UserError, match="not channel-wise"):
+        slim(model, global_magnitude_prune(model, 0.5))
+
+
+SEED_REFILL = ("main_eval_fillback.py --data datasets/cifar10 --dataset cifar10 --arch res18 --pretrained "
+               "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --mask_dir "
+               "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --fc --prune-type lt --seed 1 --epoch 160 "
+               "--decreasing_lr 80,120 --weight_decay 1e-4 --batch_size 128 --lr 0.1 --save_dir refill")
+
+
+def test_seed_readme_refill_command_verbatim(seed_imp_run):
+    cwd, imp = seed_imp_run
+    assert imp.returncode == 0, imp.stderr
+    argv = seed_command(SEED_REFILL, **{"--epoch 160": "--epoch 1"})
+    proc = run_script(argv[0], *argv[1:], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    summary = json.loads((cwd / "refill" / "summary.json").read_text())
+    assert abs(summary["ticket_sparsity"] - 0.2) < 1e-3
+    assert all(layer["density_after"] in (0.0, 1.0) or layer["kept_channels"] >= 1 for layer in summary["layers"].values())
+    ck = load_file(str(cwd / "refill" / "checkpoint.pth.tar"))
+    assert "state_dict" not in ck and ck["result"]["test_acc"]  # results always, weights with --save_model
+
+
+def test_refill_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
+    save = tmp_path / "refill"
+    ck1 = digits_imp_run / "1checkpoint.pth.tar"
+    proc = run_script("main_eval_fillback.py", "--pretrained", ck1, "--mask_dir", ck1, "--criterion", "magnitude",
+                      "--save_dir", save, "--save_model")
+    assert proc.returncode == 0, proc.stderr
+    dense = json.loads((digits_imp_run / "summary.json").read_text())["states"][0]["test_acc_at_best_val"]
+    refilled = json.loads((save / "summary.json").read_text())["states"][0]
+    print(f"dense {dense:.2f}% refill {refilled['test_acc_at_best_val']:.2f}% at {100 * refilled['sparsity']:.2f}% sparsity")
+    assert refilled["test_acc_at_best_val"] >= dense - 2.0
+    state_dict = load_file(str(save / "model_SA_best.pth.tar"))["state_dict"]
+    assert all(is_channel_wise(v) for k, v in state_dict.items() if k.endswith("weight_mask"))
+    ev = run_script("main_eval_fillback.py", "--evaluate", "--checkpoint", save / "model_SA_best.pth.tar")
+    assert ev.returncode == 0, ev.stderr
+    assert f"test {refilled['test_acc_at_best_val']:.2f}%" in ev.stdout
+
+
+def test_imp_refill_rounds_are_channel_wise(tmp_path):
+    save = tmp_path / "imp_refill"
+    proc = run_script("main_imp.py", "--epochs", "1", "--pruning_times", "3", "--fillback", "--criteria", "saliency",
+                      "--fillback_rate", "0.1", "--save_dir", save)
+    assert proc.returncode == 0, proc.stderr
+    for state in (1, 2):
+        sd = load_file(str(save / f"{state}checkpoint.pth.tar"))["state_dict"]
+        masks = {k: v for k, v in sd.items() if k.endswith("weight_mask")}
+        assert masks and all(is_channel_wise(v) for v in masks.values())
+
+
+def test_bad_input(tmp_path, cli_error):
+    model = build_model("vgg16_bn", 10, 1, (0.3,), (0.2,))
+    apply_mask(model, global_magnitude_prune(model, 0.2))
+    foreign = tmp_path / "vgg.pth.tar"
+    torch.save({"state_dict": model.state_dict()}, foreign)
+    res = build_model("res20s", 10, 1, (0.3,), (0.2,))
+    mask = global_magnitude_prune(res, 0.2)
+    apply_mask(res, mask)
+    good = tmp_path / "res.pth.tar"
+    torch.save({"state_dict": res.state_dict(), "init_weight": None}, good)
+    save = ["--save_dir", str(tmp_path / "out")]
+    line = cli_error(main_eval_fillback, ["--mask_dir", str(foreign), "--prune-type", "trained"] + save)
+    assert "--mask_dir" in line and "do not fit this architecture" in line
+    line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--criterion", "taylor"] + save)
+    assert "unknown refill criterion 'taylor'; valid: l1, l2, magnitude, remain, saliency" in line
+    for rate in ("-0.1", "1.5"):
+        line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--fillback-rate", rate] + save)
+        assert "fill-back rate must be in [0, 1]" in line
+    line = cli_error(main_eval_fillback, ["--mask_dir", str(good)] + save)
+    assert "--pretrained" in line
+    assert not (tmp_path / "out").exists()  # nothing written on bad input

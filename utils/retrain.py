@@ -1,0 +1,110 @@
+"""The retraining flow shared by main_eval_fillback.py and
+main_eval_regroup_retrain.py: load a ticket (mask + trained weights from
+--mask_dir, rewind point from --pretrained), restructure its mask, reset the
+weights, retrain with the shared loop, report.
+
+A script supplies `restructure(model, mask, data, args) -> (new_mask,
+per-layer info dict)`; the model holds the ticket's trained weights and
+mask when it is called.
+"""
+import os
+
+from pruner.mask import Mask
+from pruner.masking import apply_mask, check_compatible, load_plain_weights, load_weights
+from utils.arguments import add_general, add_ticket, add_training, finish, prepare_save_dir
+from utils.checkpoint import load_file, plain_weights, state_dict_of
+from utils.datasets import make_loader
+from utils.errors import UserError
+from utils.report import environment, plot_states, state_record, write_summary
+from utils.setup import build, resume_checkpoint
+from utils.training import evaluate, train_state
+
+START_WEIGHTS = ("lt", "rewind_lt", "pt", "trained")
+
+
+def add_retrain_args(parser, save_dir):
+    add_general(parser, save_dir=save_dir)
+    add_training(parser)
+    add_ticket(parser)
+    g = parser.add_argument_group("retraining")
+    g.add_argument("--mask_dir", default=None, help="checkpoint whose masks (and trained weights) form the ticket")
+    g.add_argument("--save_model", action="store_true", help="store weights and masks in the checkpoints")
+    g.add_argument("--prune-type", dest="prune_type", default="lt", choices=START_WEIGHTS,
+                   help="weights to retrain from: lt/rewind_lt = --pretrained's init_weight (the rewind point), "
+                        "pt = --pretrained's weights, trained = --mask_dir's trained weights")
+    g.add_argument("--evaluate", action="store_true", help="only evaluate --checkpoint")
+
+
+def training_batch(data, args):
+    """A fixed batch of training images for activation-based criteria."""
+    return next(iter(make_loader(data.train, args.batch_size, True, 0, seed=args.seed)))
+
+
+def start_weights(args, ticket_weights):
+    if args.prune_type == "trained":
+        return ticket_weights
+    if not args.pretrained:
+        raise UserError(f"--prune-type {args.prune_type} retrains from --pretrained: give --pretrained <checkpoint>")
+    ckpt = load_file(args.pretrained, "--pretrained")
+    if args.prune_type in ("lt", "rewind_lt") and isinstance(ckpt, dict) and isinstance(ckpt.get("init_weight"), dict):
+        return plain_weights(state_dict_of(ckpt["init_weight"], args.pretrained))
+    return plain_weights(state_dict_of(ckpt, args.pretrained))
+
+
+def run_evaluation(args, device, data, model):
+    if not args.checkpoint:
+        raise UserError("--evaluate needs --checkpoint <file with weights> (a run saved with --save_model)")
+    ckpt = load_file(args.checkpoint, "--checkpoint")
+    if not (isinstance(ckpt, dict) and "state_dict" in ckpt):
+        raise UserError(f"--checkpoint '{args.checkpoint}' holds no weights (was the run saved with --save_model?)")
+    weights = state_dict_of(ckpt, args.checkpoint)
+    check_compatible(model, plain_weights(weights), f"--checkpoint '{args.checkpoint}'")
+    load_weights(model, weights)
+    mask = Mask.from_model(model)
+    val, test = (evaluate(model, make_loader(d, args.batch_size, False, args.workers), device, args.amp)
+                 for d in (data.val, data.test))
+    print(f"evaluate {args.checkpoint}: sparsity {100 * mask.sparsity():.2f}% | val {val:.2f}% | test {test:.2f}%")
+    return {"val_acc": val, "test_acc": test}
+
+
+def retrain(args, script, restructure):
+    finish(args)
+    checkpoint_file = os.path.join(args.save_dir, "checkpoint.pth.tar")
+    if args.evaluate:
+        return run_evaluation(args, *build(args))
+    if not args.mask_dir:
+        raise UserError("--mask_dir <checkpoint with masks> is required (e.g. a main_imp.py {i}checkpoint.pth.tar)")
+    resume = resume_checkpoint(args, "checkpoint.pth.tar") if args.resume else None
+    if resume is None and os.path.exists(checkpoint_file):
+        raise UserError(f"--save_dir '{args.save_dir}' already holds a run (checkpoint.pth.tar); "
+                        "pass --resume to continue it or choose another --save_dir")
+    device, data, model = build(args)
+    ticket = state_dict_of(load_file(args.mask_dir, "--mask_dir checkpoint"), args.mask_dir)
+    if not Mask.from_state_dict(ticket):
+        raise UserError(f"--mask_dir '{args.mask_dir}' holds no masks (no '<layer>.weight_mask' entries)")
+    check_compatible(model, plain_weights(ticket), f"--mask_dir '{args.mask_dir}'")
+    load_weights(model, ticket)
+    mask = Mask.from_model(model)
+    start = start_weights(args, plain_weights(ticket))
+    check_compatible(model, start, "the weights to retrain from")
+    new_mask, layers = restructure(model, mask, data, args)
+    prepare_save_dir(args.save_dir)
+    load_plain_weights(model, start)
+    apply_mask(model, new_mask)
+    print(f"ticket: {100 * mask.sparsity():.2f}% sparse -> {script}: {100 * new_mask.sparsity():.2f}% sparse")
+    if resume is not None:
+        if "state_dict" not in resume:
+            raise UserError("--resume needs a run saved with --save_model (its checkpoint holds no weights)")
+        load_weights(model, state_dict_of(resume))
+    extra = {"init_weight": start, "source_mask": args.mask_dir, "args": vars(args)}
+    result = train_state(model, data, args, device, state=0, resume=resume, extra=extra,
+                         checkpoint_file=checkpoint_file, best_file=os.path.join(args.save_dir, "model_SA_best.pth.tar"),
+                         save_weights=args.save_model)
+    record = state_record(0, new_mask, result)
+    summary = {"script": script, "args": vars(args), "environment": environment(device),
+               "ticket_sparsity": mask.sparsity(), "sparsity": new_mask.sparsity(), "layers": layers, "states": [record]}
+    write_summary(args.save_dir, summary)
+    plot_states(args.save_dir, [record], f"{script} {args.arch} on {args.dataset}")
+    print(f"{script} done: sparsity {100 * record['sparsity']:.2f}% | best val {record['best_val_acc']:.2f}% "
+          f"(epoch {record['best_epoch']}) | test at best val {record['test_acc_at_best_val']:.2f}%")
+    return summary
