@@ -9,8 +9,9 @@ import os
 
 from pruner.magnitude import global_magnitude_prune
 from pruner.refill import check_refill_args, criterion_names, refill
+from pruner.regroup import check_regroup_args, regroup_mask, report
 from pruner.masking import apply_mask, check_compatible, current_mask, effective_weights, load_plain_weights, load_weights
-from utils.arguments import add_general, add_ticket, add_training, finish, parser_for, prepare_save_dir
+from utils.arguments import add_general, add_regroup_args, add_ticket, add_training, finish, parser_for, prepare_save_dir
 from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, plain_weights, save_atomic, state_dict_of
 from utils.errors import UserError, run_cli
 from utils.report import environment, plot_states, state_record, states_table, write_summary
@@ -34,6 +35,8 @@ def get_args_parser():
     g.add_argument("--fillback", action="store_true", help="make each round's mask channel-wise (IMP-Refill)")
     g.add_argument("--criteria", default="magnitude", help=f"refill criterion, one of: {', '.join(criterion_names())}")
     g.add_argument("--fillback_rate", type=float, default=0.0, help="0 = refill, > 0 = refill+")
+    parser.add_argument("--regroup", action="store_true", help="regroup each round's mask into dense blocks (IMP-Regroup)")
+    add_regroup_args(parser)
     return parser
 
 
@@ -45,6 +48,10 @@ def check_imp_args(args):
         raise UserError(f"--pruning_times must be at least 1, got {args.pruning_times}")
     if args.fillback:
         check_refill_args(args.criteria, args.fillback_rate)
+    if args.regroup:
+        check_regroup_args(args.t1, args.cn, args.nn, args.b2, args.regroup_unit)
+    if args.fillback and args.regroup:
+        raise UserError("--fillback and --regroup are two different post-processings: choose one")
     if args.prune_type == "pt" and not args.pretrained:
         raise UserError("--prune_type pt rewinds to --pretrained weights: give --pretrained <checkpoint>")
     if args.prune_type == "rewind_lt" and args.rewind_epoch < 0:
@@ -75,12 +82,16 @@ def initial_weights(model, args):
 
 def next_mask(model, data, args):
     """Prune the trained model by global magnitude, then post-process the
-    mask (IMP-Refill) before rewinding."""
+    mask (IMP-Refill / IMP-Regroup) before rewinding."""
     mask = global_magnitude_prune(model, args.rate, args.conv1)
     if args.fillback:
         apply_mask(model, mask)  # activation criteria see the pruned network
         batch = training_batch(data, args) if args.criteria in ("l1", "l2", "saliency") else None
         mask = refill(model, mask, args.criteria, args.fillback_rate, batch)
+    if args.regroup:
+        mask, infos = regroup_mask(mask, args.t1, args.cn, args.nn, args.b2, args.seed, args.partitioner,
+                                   args.regroup_unit)
+        print(report(infos))
     return mask
 
 

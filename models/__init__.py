@@ -22,8 +22,13 @@ def model_names():
     return sorted(MODELS)
 
 
-def build_model(arch, num_classes, in_channels=3, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), imagenet_stem=False):
-    """Build `arch`; unknown names raise ValueError listing the valid ones."""
+def build_model(arch, num_classes, in_channels=3, mean=None, std=None, imagenet_stem=False):
+    """Build `arch`; unknown names raise ValueError listing the valid ones.
+    mean/std default to 0/1 per input channel (no normalisation)."""
+    mean = (0.0,) * in_channels if mean is None else mean
+    std = (1.0,) * in_channels if std is None else std
+    if len(mean) != in_channels or len(std) != in_channels:
+        raise ValueError(f"mean/std need {in_channels} values (one per input channel), got {len(mean)}/{len(std)}")
     if arch not in MODELS:
         raise ValueError(f"unknown architecture '{arch}'; valid: {', '.join(model_names())}")
     return MODELS[arch](num_classes, in_channels, mean, std, imagenet_stem)

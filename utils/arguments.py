@@ -9,6 +9,8 @@ import argparse
 import os
 
 from models import model_names
+from pruner.partition import PARTITIONERS
+from pruner.regroup import UNITS
 from utils.datasets import dataset_names
 from utils.errors import UserError
 
@@ -47,6 +49,19 @@ def add_ticket(parser):
                    help="accepted for the original command lines; the classifier is never pruned")
     g.add_argument("--resume", action="store_true", help="continue the run in --save_dir")
     g.add_argument("--checkpoint", default=None, help="checkpoint to resume from (default: the latest in --save_dir)")
+
+
+def add_regroup_args(parser):
+    """The regroup knobs (shared with main_imp.py's IMP-Regroup)."""
+    g = parser.add_argument_group("regroup")
+    g.add_argument("--t1", type=float, default=1.5, help="a block row must hold > t1 x its nonzeros left outside")
+    g.add_argument("--cn", type=int, default=8, help="parts of the row partition (blocks per layer, at most)")
+    g.add_argument("--nn", type=int, default=32, help="row tile of the kernel: blocks split into a multiple of nn + rest")
+    g.add_argument("--b2", type=int, default=16, help="a part becomes a block only with more than b2 rows")
+    g.add_argument("--regroup_unit", default="weight", choices=UNITS,
+                   help="a column is one weight (the paper) or one whole input channel")
+    g.add_argument("--partitioner", default="greedy", choices=sorted(PARTITIONERS),
+                   help="row partitioner: greedy (fast) or mtkahypar (reference)")
 
 
 def finish(args):

@@ -24,27 +24,16 @@ def model_flops(model, input_shape):
 @torch.no_grad()
 def conv_flops(model, input_shape):
     """Dense forward FLOPs of every Conv2d / Linear, by module name."""
-    counts, hooks = {}, []
-    modules = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))}
-    for name, module in modules.items():
-        def hook(mod, inputs, output, name=name):
-            if isinstance(mod, torch.nn.Conv2d):
-                kh, kw = mod.kernel_size
-                macs = output.numel() * (mod.in_channels // mod.groups) * kh * kw
-            else:
-                macs = output.numel() * mod.in_features
-            counts[name] = 2 * macs
-        hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    try:
+    with FlopCounterMode(display=False) as counter:
         model(torch.zeros(input_shape, device=device))
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was_training)
-    return counts
+    model.train(was_training)
+    per_module = counter.get_flop_counts()
+    root = type(model).__name__
+    layers = (n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
+    return {name: sum(per_module.get(f"{root}.{name}", {}).values()) for name in layers}
 
 
 def masked_flops(model, input_shape, masks):

@@ -15,6 +15,7 @@ from utils.arguments import add_general, add_ticket, add_training, finish, prepa
 from utils.checkpoint import load_file, plain_weights, state_dict_of
 from utils.datasets import make_loader
 from utils.errors import UserError
+from utils.flops import flops_report, masked_flops
 from utils.report import environment, plot_states, state_record, write_summary
 from utils.setup import build, resume_checkpoint
 from utils.training import evaluate, train_state
@@ -88,6 +89,10 @@ def retrain(args, script, restructure):
     start = start_weights(args, plain_weights(ticket))
     check_compatible(model, start, "the weights to retrain from")
     new_mask, layers = restructure(model, mask, data, args)
+    spec = data.spec
+    flops = masked_flops(model, (1, spec.in_channels, spec.image_size, spec.image_size),
+                         {"unstructured": mask, script: new_mask})
+    print(f"FLOPs per image (convolutions and classifier, scaled by mask density):\n{flops_report(flops)}")
     prepare_save_dir(args.save_dir)
     load_plain_weights(model, start)
     apply_mask(model, new_mask)
@@ -102,7 +107,9 @@ def retrain(args, script, restructure):
                          save_weights=args.save_model)
     record = state_record(0, new_mask, result)
     summary = {"script": script, "args": vars(args), "environment": environment(device),
-               "ticket_sparsity": mask.sparsity(), "sparsity": new_mask.sparsity(), "layers": layers, "states": [record]}
+               "ticket_sparsity": mask.sparsity(), "sparsity": new_mask.sparsity(), "layers": layers,
+               "flops": {column: sum(row[column] for row in flops.values()) for column in next(iter(flops.values()))},
+               "flops_per_layer": flops, "states": [record]}
     write_summary(args.save_dir, summary)
     plot_states(args.save_dir, [record], f"{script} {args.arch} on {args.dataset}")
     print(f"{script} done: sparsity {100 * record['sparsity']:.2f}% | best val {record['best_val_acc']:.2f}% "

@@ -1,0 +1,165 @@
+"""Regroup: turn an unstructured mask into dense row x column blocks.
+
+For one layer's 2-D mask [c_out, c_in*kh*kw] (DESIGN.md §5):
+1. keep the rows and columns that hold any nonzero;
+2. partition the rows into `cn` parts on the column hypergraph (pruner.partition);
+3. in each part, order columns by their nonzero count inside the part
+   (descending, ties by index) and take the first i columns for the smallest
+   i at which every row r of the part has i > t1 * (r's nonzeros outside
+   those i columns) — the i-th column *in sorted order* (the paper; the
+   original code's natural-order walk was a slip);
+   a part with more than `b2` rows becomes the block (its rows x those
+   columns), its rows split into a multiple of `nn` and the remainder, as the
+   kernel tiles rows by `nn`;
+4. the new mask is the union of the blocks; a layer without any block keeps
+   its mask (reported, never silent).
+
+With unit="channel" a column is a whole input channel (all kh*kw taps), so
+blocks are "these output channels x these input channels".
+
+Everything is array code: per part, one cumulative sum finds i for all rows.
+"""
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from pruner.mask import Mask
+from pruner.partition import partition_rows
+from utils.errors import UserError
+
+UNITS = ("weight", "channel")
+
+
+@dataclass
+class LayerRegroup:
+    """What regrouping one layer produced; blocks index the 2-D mask."""
+    blocks: list = field(default_factory=list)  # [(rows LongTensor, cols LongTensor)]
+    kept_mask: bool = False  # True: no block was found, the mask is unchanged
+    density_before: float = 0.0
+    density_after: float = 0.0
+    nonzeros_kept: float = 0.0  # share of the original nonzeros inside the blocks
+    seconds: float = 0.0
+
+
+def check_regroup_args(t1, cn, nn, b2, unit="weight"):
+    if not t1 > 0:
+        raise UserError(f"t1 must be positive, got {t1}")
+    if cn < 1:
+        raise UserError(f"cn (number of parts) must be at least 1, got {cn}")
+    if nn < 1:
+        raise UserError(f"nn (row tile) must be at least 1, got {nn}")
+    if b2 < 0:
+        raise UserError(f"b2 (minimum rows of a block) must be at least 0, got {b2}")
+    if unit not in UNITS:
+        raise UserError(f"unknown regroup unit '{unit}'; valid: {', '.join(UNITS)}")
+
+
+def _check_mask(mask):
+    if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
+        shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
+        raise UserError(f"regroup needs a 2-D mask [c_out, c_in*kh*kw], got {shape}")
+    if not torch.all((mask == 0) | (mask == 1)):
+        raise UserError("regroup needs a binary mask (only 0 and 1)")
+
+
+def part_columns(sub, t1):
+    """Columns (indices into sub's columns) of one part's block: the smallest
+    prefix of the columns sorted by count at which every row holds more than
+    t1 times its nonzeros outside the prefix... as i > t1 * outside."""
+    counts = sub.sum(0)
+    order = np.argsort(-counts, kind="stable")
+    inside = np.cumsum(sub[:, order], axis=1)  # [rows, i]: nonzeros within the first i sorted columns
+    outside = sub.sum(1, keepdims=True) - inside
+    i = np.arange(1, sub.shape[1] + 1)
+    first = int(np.argmax(i > t1 * outside.max(0)))  # always true once outside is all zero
+    return order[: first + 1]
+
+
+def find_blocks(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy"):
+    """Blocks (row indices, column indices) of a 2-D 0/1 mask."""
+    _check_mask(mask)
+    check_regroup_args(t1, cn, nn, b2)
+    m = mask.detach().cpu().numpy() != 0
+    row_ids, col_ids = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+    if len(row_ids) == 0:
+        return []
+    sub = m[row_ids][:, col_ids]
+    parts = partition_rows(sub, min(cn, len(row_ids)), 0.1, seed, partitioner)
+    blocks = []
+    for p in range(int(parts.max()) + 1):
+        members = np.flatnonzero(parts == p)
+        if len(members) <= b2:
+            continue
+        cols = col_ids[part_columns(sub[members].astype(np.int32), t1)]
+        cols = torch.from_numpy(np.sort(cols))
+        rows = torch.from_numpy(row_ids[members])
+        tiled = (len(rows) // nn) * nn
+        for chunk in (rows[:tiled], rows[tiled:]):
+            if len(chunk):
+                blocks.append((chunk.long(), cols.long()))
+    return blocks
+
+
+def blocks_to_mask(blocks, shape, dtype=torch.float32):
+    out = torch.zeros(shape, dtype=dtype)
+    for rows, cols in blocks:
+        out[rows.unsqueeze(1), cols.unsqueeze(0)] = 1
+    return out
+
+
+def regroup(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy"):
+    """The regrouped 0/1 mask (same shape and dtype as `mask`); a mask with
+    no block comes back unchanged."""
+    blocks = find_blocks(mask, t1, cn, nn, b2, seed, partitioner)
+    if not blocks:
+        return mask.clone()
+    return blocks_to_mask(blocks, mask.shape, mask.dtype).to(mask.device)
+
+
+def regroup_layer(layer_mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy", unit="weight"):
+    """Regroup one conv mask [c_out, c_in, kh, kw]; returns (new mask, LayerRegroup)."""
+    check_regroup_args(t1, cn, nn, b2, unit)
+    tic = time.perf_counter()
+    c_out, c_in, kh, kw = layer_mask.shape
+    if unit == "channel":
+        grid = (layer_mask.reshape(c_out, c_in, kh * kw).sum(2) > 0).to(layer_mask.dtype)
+    else:
+        grid = layer_mask.reshape(c_out, -1)
+    blocks = find_blocks(grid, t1, cn, nn, b2, seed, partitioner)
+    info = LayerRegroup(blocks=blocks, density_before=float(layer_mask.count_nonzero()) / layer_mask.numel())
+    if not blocks:
+        new = layer_mask.clone()
+        info.kept_mask = True
+    else:
+        new_grid = blocks_to_mask(blocks, grid.shape, layer_mask.dtype)
+        if unit == "channel":
+            new = new_grid[:, :, None].expand(c_out, c_in, kh * kw).reshape(layer_mask.shape).clone()
+        else:
+            new = new_grid.reshape(layer_mask.shape)
+    info.density_after = float(new.count_nonzero()) / new.numel()
+    original = float(layer_mask.count_nonzero())
+    info.nonzeros_kept = float((new * layer_mask).count_nonzero()) / original if original else 1.0
+    info.seconds = time.perf_counter() - tic
+    return new, info
+
+
+def regroup_mask(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy", unit="weight"):
+    """Regroup every layer of a Mask; returns (new Mask, {layer: LayerRegroup})."""
+    new_mask, infos = Mask(), {}
+    for name, m in mask.items():
+        new_mask[name], infos[name] = regroup_layer(m.cpu(), t1, cn, nn, b2, seed, partitioner, unit)
+    return new_mask, infos
+
+
+def report(infos):
+    """Per-layer lines: blocks, density before/after, share of nonzeros kept, time."""
+    width = max((len(n) for n in infos), default=5)
+    lines = []
+    for name, info in infos.items():
+        what = "no block: mask kept" if info.kept_mask else f"{len(info.blocks):3d} blocks"
+        lines.append(f"  {name:<{width}}  {what:<20} density {100 * info.density_before:6.2f}% -> "
+                     f"{100 * info.density_after:6.2f}% | nonzeros kept {100 * info.nonzeros_kept:6.2f}% | "
+                     f"{1e3 * info.seconds:7.1f} ms")
+    return "\n".join(lines)

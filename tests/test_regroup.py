@@ -1,0 +1,188 @@
+"""Regroup: the block search on hand-worked masks (column order included),
+partitioners, determinism, edge cases, bad input, the retraining script and
+IMP-Regroup."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import main_eval_regroup_retrain
+from conftest import run_script, seed_command
+from pruner.partition import connectivity, greedy_partition, max_part_size, mtkahypar_partition
+from pruner.regroup import blocks_to_mask, find_blocks, regroup, regroup_layer
+from utils.checkpoint import load_file
+from utils.errors import UserError
+
+# One part (cn=1, b2=0). Column counts 1,1,3,3 -> sorted order 2,3,0,1.
+#   i=1 (col 2):    outside nonzeros per row 2,1,2 -> 1 > 1.5*2 fails
+#   i=2 (cols 2,3): outside 1,0,1                  -> 2 > 1.5*1 holds: block = all rows x {2,3}
+# Walking columns in natural order instead would stop at i=3 with columns {0,1,2}.
+HAND = torch.tensor([[1, 0, 1, 1],
+                     [0, 0, 1, 1],
+                     [0, 1, 1, 1]], dtype=torch.float32)
+
+
+def test_block_search_uses_sorted_column_order():
+    blocks = find_blocks(HAND, t1=1.5, cn=1, nn=32, b2=0)
+    assert [(r.tolist(), c.tolist()) for r, c in blocks] == [([0, 1, 2], [2, 3])]
+    expected = torch.tensor([[0, 0, 1, 1]] * 3, dtype=torch.float32)
+    assert torch.equal(regroup(HAND, t1=1.5, cn=1, nn=32, b2=0), expected)
+
+
+def test_t1_moves_the_stopping_point():
+    # t1 = 0.4: i=1 gives outside 2,1,2 -> 1 > 0.8 holds: only column 2.
+    blocks = find_blocks(HAND, t1=0.4, cn=1, nn=32, b2=0)
+    assert [(r.tolist(), c.tolist()) for r, c in blocks] == [([0, 1, 2], [2])]
+
+
+def test_rows_split_into_multiple_of_nn_and_rest():
+    blocks = find_blocks(HAND, t1=1.5, cn=1, nn=2, b2=0)
+    assert [(r.tolist(), c.tolist()) for r, c in blocks] == [([0, 1], [2, 3]), ([2], [2, 3])]
+
+
+def test_b2_threshold_and_no_block_keeps_mask():
+    assert find_blocks(HAND, cn=1, b2=3) == []  # 3 rows is not more than b2=3
+    assert torch.equal(regroup(HAND, cn=1, b2=3), HAND)
+    new, info = regroup_layer(HAND.view(3, 4, 1, 1), cn=1, b2=3)
+    assert info.kept_mask and torch.equal(new, HAND.view(3, 4, 1, 1))
+
+
+@pytest.mark.parametrize("partitioner", ["greedy", "mtkahypar"])
+def test_two_separable_groups_are_found(partitioner):
+    mask = torch.zeros(8, 8)
+    mask[:4, :4] = 1
+    mask[4:, 4:] = 1
+    mask[0, 5] = 1  # one stray nonzero, outside both blocks
+    perm = torch.tensor([3, 6, 0, 5, 1, 7, 2, 4])  # shuffled rows: the partitioner must group them
+    shuffled = mask[perm]
+    # t1=3.5: a 4-row part needs all 4 of its columns (3 > 3.5 * 1 fails), the stray stays outside (4 > 3.5 * 1).
+    blocks = find_blocks(shuffled, t1=3.5, cn=2, nn=32, b2=1, partitioner=partitioner)
+    got = sorted((sorted(perm[r].tolist()), c.tolist()) for r, c in blocks)
+    assert got == [([0, 1, 2, 3], [0, 1, 2, 3]), ([4, 5, 6, 7], [4, 5, 6, 7])]
+
+
+def test_edge_cases_have_defined_results():
+    empty = torch.zeros(5, 7)
+    assert torch.equal(regroup(empty), empty)
+    full = torch.ones(64, 9)
+    # every part keeps the first i columns with i > 1.5 * (9 - i): i = 6
+    expected = torch.zeros(64, 9)
+    expected[:, :6] = 1
+    assert torch.equal(regroup(full, cn=8, b2=4), expected)
+    assert torch.equal(regroup(full, cn=8, b2=16), full)  # parts of 8 rows: no block, mask kept
+    one_row = torch.tensor([[1.0, 0.0, 1.0]])
+    assert torch.equal(regroup(one_row, b2=0), one_row)
+    few = (torch.rand(3, 10) > 0.5).float()
+    assert torch.equal(regroup(few, cn=8, b2=16), few)  # fewer rows than cn
+
+
+def test_same_seed_same_masks():
+    g = torch.Generator().manual_seed(0)
+    mask = (torch.rand(128, 576, generator=g) > 0.7).float()
+    a = regroup(mask, b2=4, seed=3)
+    assert torch.equal(a, regroup(mask, b2=4, seed=3))
+    assert torch.equal(regroup(mask, b2=4, seed=3, partitioner="mtkahypar"),
+                       regroup(mask, b2=4, seed=3, partitioner="mtkahypar"))
+
+
+def test_result_is_union_of_blocks_same_shape_and_dtype():
+    g = torch.Generator().manual_seed(1)
+    mask = (torch.rand(96, 288, generator=g) > 0.8).to(torch.float64)
+    blocks = find_blocks(mask, cn=4, nn=8, b2=4)
+    new = regroup(mask, cn=4, nn=8, b2=4)
+    assert new.shape == mask.shape and new.dtype == mask.dtype
+    assert torch.equal(new, blocks_to_mask(blocks, mask.shape, mask.dtype))
+    assert all(len(r) % 8 == 0 or len(r) < 8 for r, _ in blocks)
+
+
+def test_channel_unit_blocks_are_whole_input_channels():
+    g = torch.Generator().manual_seed(2)
+    mask = (torch.rand(64, 32, 3, 3, generator=g) > 0.85).float()
+    new, info = regroup_layer(mask, cn=4, b2=4, unit="channel")
+    taps = new.sum((2, 3))
+    assert torch.all((taps == 0) | (taps == 9)) and not info.kept_mask
+
+
+@pytest.mark.parametrize("bad, message", [
+    (dict(mask=torch.full((4, 4), 0.5)), "binary"),
+    (dict(mask=torch.ones(2, 3, 3)), "2-D"),
+    (dict(cn=0), "cn"),
+    (dict(t1=0.0), "t1 must be positive"),
+    (dict(t1=-1.0), "t1 must be positive"),
+])
+def test_bad_input(bad, message):
+    kwargs = dict(mask=torch.ones(4, 4))
+    kwargs.update(bad)
+    with pytest.raises(UserError, match=message):
+        regroup(kwargs.pop("mask"), **kwargs)
+
+
+def test_greedy_respects_balance_and_beats_random():
+    rng = np.random.default_rng(0)
+    mask = rng.random((256, 1152)) < 0.05
+    parts = greedy_partition(mask, 8, 0.1, 0)
+    assert np.bincount(parts, minlength=8).max() <= max_part_size(256, 8, 0.1)
+    random_parts = rng.permutation(256) % 8
+    assert connectivity(mask, parts, 8) < connectivity(mask, random_parts, 8)
+    reference = connectivity(mask, mtkahypar_partition(mask, 8, 0.1, 0), 8)
+    assert connectivity(mask, parts, 8) <= 1.05 * reference
+
+
+SEED_REGROUP = ("main_eval_regroup_retrain.py --data datasets/cifar10 --dataset cifar10 --arch res18 --pretrained "
+                "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --mask_dir "
+                "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --fc --prune-type lt --seed 1 --epoch 160 "
+                "--decreasing_lr 80,120 --weight_decay 1e-4 --batch_size 128 --lr 0.1 --save_dir regroup")
+
+
+def test_seed_readme_regroup_command_verbatim(seed_imp_run):
+    cwd, imp = seed_imp_run
+    assert imp.returncode == 0, imp.stderr
+    argv = seed_command(SEED_REGROUP, **{"--epoch 160": "--epoch 1"})
+    proc = run_script(argv[0], *argv[1:], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    assert "nonzeros kept" in proc.stdout and "total MFLOPs" in proc.stdout
+    summary = json.loads((cwd / "regroup" / "summary.json").read_text())
+    layers = summary["layers"]
+    assert any(not v["kept_mask"] for v in layers.values())
+    assert summary["flops"]["regroup"] < summary["flops"]["dense"]
+
+
+def test_regroup_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
+    save = tmp_path / "regroup"
+    ck1 = digits_imp_run / "1checkpoint.pth.tar"
+    # res20s has 16-64 rows per layer: b2=4 lets parts of 8 rows form blocks.
+    proc = run_script("main_eval_regroup_retrain.py", "--pretrained", ck1, "--mask_dir", ck1, "--b2", "4",
+                      "--save_dir", save, "--save_model")
+    assert proc.returncode == 0, proc.stderr
+    dense = json.loads((digits_imp_run / "summary.json").read_text())["states"][0]["test_acc_at_best_val"]
+    summary = json.loads((save / "summary.json").read_text())
+    record = summary["states"][0]
+    print(f"dense {dense:.2f}% regroup {record['test_acc_at_best_val']:.2f}% at {100 * record['sparsity']:.2f}% sparsity")
+    assert record["test_acc_at_best_val"] >= dense - 2.0
+    sd = load_file(str(save / "checkpoint.pth.tar"))["state_dict"]
+    for name, layer in summary["layers"].items():
+        if layer["kept_mask"]:
+            continue
+        mask2d = sd[name + ".weight_mask"].flatten(1)
+        blocks = [(torch.tensor(r), torch.tensor(c)) for r, c in layer["blocks"]]
+        assert torch.equal(mask2d, blocks_to_mask(blocks, mask2d.shape))  # exactly the union of its blocks
+
+
+def test_imp_regroup(tmp_path):
+    save = tmp_path / "imp_regroup"
+    proc = run_script("main_imp.py", "--epochs", "1", "--pruning_times", "2", "--regroup", "--b2", "4",
+                      "--regroup_unit", "channel", "--save_dir", save)
+    assert proc.returncode == 0, proc.stderr
+    sd = load_file(str(save / "1checkpoint.pth.tar"))["state_dict"]
+    # layer3 has 64 rows: parts of 8 > b2 form blocks (smaller layers keep their masks)
+    taps = [v.sum((2, 3)) for k, v in sd.items() if k.startswith("layer3") and k.endswith("conv1.weight_mask")]
+    assert taps and all(torch.all((t == 0) | (t == 9)) for t in taps)
+    assert "no block: mask kept" in proc.stdout
+
+
+def test_script_bad_input(tmp_path, cli_error):
+    for argv, expected in ((["--cn", "0"], "cn (number of parts) must be at least 1"),
+                           (["--t1", "0"], "t1 must be positive")):
+        line = cli_error(main_eval_regroup_retrain, argv + ["--mask_dir", "x", "--save_dir", str(tmp_path / "o")])
+        assert expected in line
