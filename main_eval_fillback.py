@@ -5,9 +5,19 @@ output channels of every masked convolution by --criterion (k from the
 layer's density and --fillback-rate), resets the weights to the rewind point
 of --pretrained and retrains.
 """
+import os
+
+import torch
+
+from models import build_model
+from pruner.masking import load_weights
 from pruner.refill import check_refill_args, criterion_names, kept_channels, refill
+from pruner.slim import slim
 from utils.arguments import parser_for
-from utils.errors import run_cli
+from utils.checkpoint import load_file, save_atomic, state_dict_of
+from utils.datasets import load_dataset, make_loader
+from utils.errors import UserError, run_cli
+from utils.flops import model_flops
 from utils.retrain import add_retrain_args, retrain, training_batch
 
 
@@ -18,6 +28,9 @@ def get_args_parser():
     g.add_argument("--criterion", default="magnitude", help=f"channel score, one of: {', '.join(criterion_names())}")
     g.add_argument("--fillback-rate", dest="fillback_rate", type=float, default=0.0,
                    help="0 = refill; > 0 = refill+ (share of the remaining channels added back)")
+    g.add_argument("--export_slim", default=None, metavar="FILE",
+                   help="also save the physically slimmed model (from the best checkpoint, or from --checkpoint "
+                        "with --evaluate) to FILE, after checking its outputs equal the masked model's")
     return parser
 
 
@@ -35,10 +48,40 @@ def refill_layers(model, mask, data, args):
     return new_mask, layers
 
 
+def export_slim(args):
+    """Slim the refilled ticket and save it as a whole module (torch.save)."""
+    source = args.checkpoint if args.evaluate else os.path.join(args.save_dir, "model_SA_best.pth.tar")
+    ckpt = load_file(source, "checkpoint to slim")
+    if "state_dict" not in ckpt:
+        raise UserError(f"'{source}' holds no weights: retrain with --save_model to export a slimmed model")
+    data = load_dataset(args.dataset, args.data)
+    spec = data.spec
+    model = build_model(args.arch, spec.num_classes, spec.in_channels, spec.mean, spec.std, spec.imagenet_stem)
+    load_weights(model, state_dict_of(ckpt, source))
+    slimmed = slim(model.eval())
+    images = next(iter(make_loader(data.test, 64, False, 0)))[0]
+    with torch.no_grad():
+        diff = (slimmed(images) - model(images)).abs().max().item()
+    if diff > 1e-4:
+        raise UserError(f"slimmed model differs from the masked model by {diff:.2e}; not exported")
+    shape = (1, spec.in_channels, spec.image_size, spec.image_size)
+    dense_flops, slim_flops = model_flops(model, shape), model_flops(slimmed, shape)
+    params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in slimmed.parameters()))
+    save_atomic(slimmed, args.export_slim)
+    print(f"slimmed model saved to {args.export_slim}: {params[1]:,} parameters (masked model {params[0]:,}), "
+          f"{slim_flops / 1e6:.2f} MFLOPs per image ({dense_flops / slim_flops:.2f}x fewer than dense), "
+          f"max |output difference| {diff:.1e}")
+
+
 def main(args):
     if not args.evaluate:
         check_refill_args(args.criterion, args.fillback_rate)
-    return retrain(args, "refill" if args.fillback_rate == 0 else "refill+", refill_layers)
+    if args.export_slim and not (args.save_model or args.evaluate):
+        raise UserError("--export_slim needs the retrained weights: add --save_model (or use --evaluate --checkpoint)")
+    result = retrain(args, "refill" if args.fillback_rate == 0 else "refill+", refill_layers)
+    if args.export_slim:
+        export_slim(args)
+    return result
 
 
 if __name__ == "__main__":

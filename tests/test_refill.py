@@ -117,7 +117,7 @@ def test_refill_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
     save = tmp_path / "refill"
     ck1 = digits_imp_run / "1checkpoint.pth.tar"
     proc = run_script("main_eval_fillback.py", "--pretrained", ck1, "--mask_dir", ck1, "--criterion", "magnitude",
-                      "--save_dir", save, "--save_model")
+                      "--save_dir", save, "--save_model", "--export_slim", save / "slim.pt")
     assert proc.returncode == 0, proc.stderr
     dense = json.loads((digits_imp_run / "summary.json").read_text())["states"][0]["test_acc_at_best_val"]
     refilled = json.loads((save / "summary.json").read_text())["states"][0]
@@ -125,6 +125,13 @@ def test_refill_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
     assert refilled["test_acc_at_best_val"] >= dense - 2.0
     state_dict = load_file(str(save / "model_SA_best.pth.tar"))["state_dict"]
     assert all(is_channel_wise(v) for k, v in state_dict.items() if k.endswith("weight_mask"))
+    slimmed = torch.load(save / "slim.pt", weights_only=False).eval()
+    data = load_dataset("digits", "")
+    with torch.no_grad():
+        predictions = slimmed(data.test.tensors[0]).argmax(1)
+    accuracy = 100.0 * (predictions == data.test.tensors[1]).float().mean().item()
+    assert abs(accuracy - refilled["test_acc_at_best_val"]) < 1e-3  # the slimmed model is the best checkpoint
+    assert sum(p.numel() for p in slimmed.parameters()) < 272186  # res20s has 272,186 parameters
     ev = run_script("main_eval_fillback.py", "--evaluate", "--checkpoint", save / "model_SA_best.pth.tar")
     assert ev.returncode == 0, ev.stderr
     assert f"test {refilled['test_acc_at_best_val']:.2f}%" in ev.stdout
