@@ -7,7 +7,7 @@ Ties break by position (stable sort), so the result is deterministic.
 import torch
 
 from pruner.mask import Mask
-from pruner.masking import current_mask
+from pruner.masking import current_mask, masked_weight
 from utils.errors import UserError
 
 
@@ -21,7 +21,7 @@ def global_magnitude_prune(model, rate, include_stem=False):
     names = list(mask)
     scores, flat_masks = [], []
     for name in names:
-        w = modules[name].weight.detach().float().cpu().flatten()  # masked weight: orig * mask
+        w = masked_weight(modules[name]).detach().float().cpu().flatten()
         m = mask[name].flatten()
         scores.append(torch.where(m > 0, w.abs(), torch.full_like(w, -1.0)))  # pruned sort first
         flat_masks.append(m)

@@ -36,6 +36,23 @@ def full_mask(model, include_stem=False):
                  for n in prunable_layers(model, include_stem)})
 
 
+def masked_weight(module):
+    """orig * mask for a masked layer, else its weight. Read this, not
+    `module.weight`: prune recomputes that attribute only on forward, so it is
+    stale after load_state_dict or an optimizer step."""
+    if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+        return module.weight_orig * module.weight_mask
+    return module.weight
+
+
+def refresh_masked_weights(model):
+    """Recompute every masked layer's `weight` attribute from orig * mask."""
+    with torch.no_grad():
+        for module in model.modules():
+            if hasattr(module, "weight_orig") and hasattr(module, "weight_mask"):
+                module.weight = module.weight_orig * module.weight_mask
+
+
 def apply_mask(model, mask):
     """Install `mask` (validated first); layers already masked get the new mask."""
     mask.validate(model)
@@ -64,6 +81,7 @@ def load_weights(model, state_dict):
     if masks:
         apply_mask(model, masks)
         model.load_state_dict(state_dict)
+        refresh_masked_weights(model)
     else:
         load_plain_weights(model, state_dict)
 
@@ -82,6 +100,7 @@ def load_plain_weights(model, plain):
         else:
             new_state[key] = plain[key]
     model.load_state_dict(new_state)
+    refresh_masked_weights(model)
 
 
 def check_compatible(model, plain, source):

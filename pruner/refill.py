@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from pruner.mask import Mask
+from pruner.masking import masked_weight
 from utils.errors import UserError
 
 
@@ -36,7 +37,7 @@ def _weight_scores(kind):
         modules = dict(model.named_modules())
         out = {}
         for name, m in mask.items():
-            w = modules[name].weight.detach().float().cpu() * m  # trained weights that remain
+            w = masked_weight(modules[name]).detach().float().cpu() * m  # trained weights that remain
             out[name] = m.flatten(1).sum(1) if kind == "remain" else w.abs().flatten(1).sum(1)
         return out
     return score

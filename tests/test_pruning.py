@@ -100,3 +100,20 @@ def test_strip_masks_keeps_outputs():
     strip_masks(model)
     assert not any(k.endswith("_mask") for k in model.state_dict())
     assert torch.allclose(model(x), y)
+
+
+def test_pruning_after_loading_a_checkpoint_uses_the_loaded_weights():
+    """A resume at a state boundary prunes the loaded weights, not the ones
+    the prune hook cached before loading."""
+    from pruner.masking import load_weights
+
+    trained = small_model()
+    apply_mask(trained, global_magnitude_prune(trained, 0.2))
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.add_(torch.randn_like(p))  # an optimizer step: module.weight is now stale
+    expected = global_magnitude_prune(trained, 0.2)
+    resumed = build_model("res20s", 10, 1, (0.3,), (0.2,))  # other initial weights
+    load_weights(resumed, trained.state_dict())
+    got = global_magnitude_prune(resumed, 0.2)
+    assert all(torch.equal(got[n], expected[n]) for n in expected)
