@@ -68,3 +68,19 @@ def digits_imp_run(tmp_path_factory):
     proc = run_script("main_imp.py", "--pruning_times", "2", "--save_dir", save)
     assert proc.returncode == 0, proc.stderr
     return save
+
+
+SEED_RETRAIN = ("{script} --data datasets/cifar10 --dataset cifar10 --arch res18 --pretrained "
+                "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --mask_dir "
+                "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --fc --prune-type lt --seed 1 --epoch 160 "
+                "--decreasing_lr 80,120 --weight_decay 1e-4 --batch_size 128 --lr 0.1 --save_dir {save_dir}")
+
+
+def run_seed_retrain(seed_imp_run, script, save_dir):
+    """The seed README's refill/regroup command (i=1) on the seed IMP run, 1 epoch."""
+    cwd, imp = seed_imp_run
+    assert imp.returncode == 0, imp.stderr
+    argv = seed_command(SEED_RETRAIN.format(script=script, save_dir=save_dir), **{"--epoch 160": "--epoch 1"})
+    proc = run_script(argv[0], *argv[1:], cwd=cwd)
+    assert proc.returncode == 0, proc.stderr
+    return cwd, proc

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import main_eval_fillback
-from conftest import run_script, seed_command
+from conftest import run_script, run_seed_retrain
 from models import build_model, model_names
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
@@ -94,18 +94,8 @@ def test_slim_refuses_unstructured_masks():
         slim(model, global_magnitude_prune(model, 0.5))
 
 
-SEED_REFILL = ("main_eval_fillback.py --data datasets/cifar10 --dataset cifar10 --arch res18 --pretrained "
-               "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --mask_dir "
-               "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --fc --prune-type lt --seed 1 --epoch 160 "
-               "--decreasing_lr 80,120 --weight_decay 1e-4 --batch_size 128 --lr 0.1 --save_dir refill")
-
-
 def test_seed_readme_refill_command_verbatim(seed_imp_run):
-    cwd, imp = seed_imp_run
-    assert imp.returncode == 0, imp.stderr
-    argv = seed_command(SEED_REFILL, **{"--epoch 160": "--epoch 1"})
-    proc = run_script(argv[0], *argv[1:], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
+    cwd, proc = run_seed_retrain(seed_imp_run, "main_eval_fillback.py", "refill")
     summary = json.loads((cwd / "refill" / "summary.json").read_text())
     assert abs(summary["ticket_sparsity"] - 0.2) < 1e-3
     assert all(layer["density_after"] in (0.0, 1.0) or layer["kept_channels"] >= 1 for layer in summary["layers"].values())

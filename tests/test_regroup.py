@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import main_eval_regroup_retrain
-from conftest import run_script, seed_command
+from conftest import run_script, run_seed_retrain
 from pruner.partition import connectivity, greedy_partition, max_part_size, mtkahypar_partition
 from pruner.regroup import blocks_to_mask, find_blocks, regroup, regroup_layer
 from utils.checkpoint import load_file
@@ -129,18 +129,8 @@ def test_greedy_respects_balance_and_beats_random():
     assert connectivity(mask, parts, 8) <= 1.05 * reference
 
 
-SEED_REGROUP = ("main_eval_regroup_retrain.py --data datasets/cifar10 --dataset cifar10 --arch res18 --pretrained "
-                "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --mask_dir "
-                "resnet18_cifar10_lt_0.2_s1_rewind_16/1checkpoint.pth.tar --fc --prune-type lt --seed 1 --epoch 160 "
-                "--decreasing_lr 80,120 --weight_decay 1e-4 --batch_size 128 --lr 0.1 --save_dir regroup")
-
-
 def test_seed_readme_regroup_command_verbatim(seed_imp_run):
-    cwd, imp = seed_imp_run
-    assert imp.returncode == 0, imp.stderr
-    argv = seed_command(SEED_REGROUP, **{"--epoch 160": "--epoch 1"})
-    proc = run_script(argv[0], *argv[1:], cwd=cwd)
-    assert proc.returncode == 0, proc.stderr
+    cwd, proc = run_seed_retrain(seed_imp_run, "main_eval_regroup_retrain.py", "regroup")
     assert "nonzeros kept" in proc.stdout and "total MFLOPs" in proc.stdout
     summary = json.loads((cwd / "regroup" / "summary.json").read_text())
     layers = summary["layers"]

@@ -10,27 +10,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 
 @torch.no_grad()
+def _counted(model, input_shape):
+    """A FlopCounterMode that has seen one eval-mode forward pass."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with FlopCounterMode(display=False) as counter:
+        model(torch.zeros(input_shape, device=device))
+    model.train(was_training)
+    return counter
+
+
 def model_flops(model, input_shape):
     """Total forward FLOPs for one input of `input_shape` (batch included)."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(input_shape, device=device))
-    model.train(was_training)
-    return counter.get_total_flops()
+    return _counted(model, input_shape).get_total_flops()
 
 
-@torch.no_grad()
 def conv_flops(model, input_shape):
     """Dense forward FLOPs of every Conv2d / Linear, by module name."""
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    with FlopCounterMode(display=False) as counter:
-        model(torch.zeros(input_shape, device=device))
-    model.train(was_training)
-    per_module = counter.get_flop_counts()
+    per_module = _counted(model, input_shape).get_flop_counts()
     root = type(model).__name__
     layers = (n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear)))
     return {name: sum(per_module.get(f"{root}.{name}", {}).values()) for name in layers}
