@@ -79,7 +79,7 @@ def main(args):
     if args.export_slim and not (args.save_model or args.evaluate):
         raise UserError("--export_slim needs the retrained weights: add --save_model (or use --evaluate --checkpoint)")
     result = retrain(args, "refill" if args.fillback_rate == 0 else "refill+", refill_layers)
-    if args.export_slim:
+    if args.export_slim and int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
         export_slim(args)
     return result
 

@@ -6,12 +6,15 @@ convolution weights are pruned by global magnitude, the weights are rewound
 state 0; pt: --pretrained) and the next state trains the masked model.
 """
 import os
+import sys
 
 from pruner.magnitude import global_magnitude_prune
 from pruner.refill import check_refill_args, criterion_names, refill
 from pruner.regroup import check_regroup_args, regroup_mask, report
 from pruner.masking import apply_mask, check_compatible, current_mask, effective_weights, load_plain_weights, load_weights
-from utils.arguments import add_general, add_regroup_args, add_ticket, add_training, finish, parser_for, prepare_save_dir
+from utils.arguments import (add_general, add_regroup_args, add_ticket, add_training, checkpoint_bytes, finish,
+                             parser_for, prepare_save_dir)
+from utils.distributed import mask_digest
 from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, plain_weights, save_atomic, state_dict_of
 from utils.errors import UserError, run_cli
 from utils.report import environment, plot_states, state_record, states_table, write_summary
@@ -63,7 +66,7 @@ def check_imp_args(args):
         args.rewind_epoch = args.epochs - 1
 
 
-def initial_weights(model, args):
+def initial_weights(model, args, write=True):
     """Set the model's starting weights (--init / --pretrained) and return
     the rewind point as a plain CPU state dict."""
     if args.prune_type == "pt":
@@ -73,7 +76,7 @@ def initial_weights(model, args):
         check_compatible(model, weights, f"--init file '{args.init}' (another architecture or dataset?)")
         load_plain_weights(model, weights)
         print(f"initial weights loaded from {args.init}")
-    elif args.init:
+    elif args.init and write:
         os.makedirs(os.path.dirname(os.path.abspath(args.init)), exist_ok=True)
         save_atomic(effective_weights(model), args.init)
         print(f"initial weights saved to {args.init}")
@@ -101,8 +104,12 @@ def main(args):
     if resume is None and latest_checkpoint(args.save_dir):
         raise UserError(f"--save_dir '{args.save_dir}' already holds a run ({os.path.basename(latest_checkpoint(args.save_dir))}); "
                         "pass --resume to continue it or choose another --save_dir")
-    prepare_save_dir(args.save_dir)
-    device, data, model = build(args)
+    device, data, model, dist_ctx = build(args)
+    is_main = dist_ctx is None or dist_ctx.is_main
+    if is_main:
+        prepare_save_dir(args.save_dir, needed_bytes=checkpoint_bytes(model))
+    if dist_ctx is not None:
+        dist_ctx.barrier()
     if args.fc:
         print("--fc: the classifier stays dense; only convolutions are pruned")
 
@@ -112,7 +119,7 @@ def main(args):
         extra = {"init_weight": resume["init_weight"]}
     else:
         start_state, history = 0, []
-        extra = {"init_weight": initial_weights(model, args)}
+        extra = {"init_weight": initial_weights(model, args, write=is_main)}
     summary = {"script": "main_imp.py", "args": vars(args), "environment": environment(device), "states": history}
 
     def capture_rewind_point(epoch):
@@ -129,21 +136,30 @@ def main(args):
         else:
             result = train_state(model, data, args, device, state=state, resume=this, extra=extra,
                                  checkpoint_file=checkpoint_path(args.save_dir, state),
-                                 best_file=best_path(args.save_dir, state), on_epoch_start=capture_rewind_point)
+                                 best_file=best_path(args.save_dir, state), on_epoch_start=capture_rewind_point,
+                                 dist_ctx=dist_ctx)
         record = state_record(state, mask, result)
         history.append(record)
         print(f"state {state} done: sparsity {100 * record['sparsity']:.2f}% | best val {record['best_val_acc']:.2f}% "
               f"(epoch {record['best_epoch']}) | test at best val {record['test_acc_at_best_val']:.2f}%", flush=True)
-        write_summary(args.save_dir, summary)
-        plot_states(args.save_dir, history, f"IMP {args.arch} on {args.dataset}")
+        if is_main:
+            write_summary(args.save_dir, summary)
+            plot_states(args.save_dir, history, f"IMP {args.arch} on {args.dataset}")
         if state + 1 < args.pruning_times:
-            new_mask = next_mask(model, data, args)
+            new_mask = next_mask(model, data, args) if is_main else current_mask(model, args.conv1)
+            if dist_ctx is not None:  # computed once, on rank 0; every rank takes that mask
+                new_mask = dist_ctx.broadcast_mask(new_mask)
             load_plain_weights(model, extra["init_weight"])  # rewind, then mask
             apply_mask(model, new_mask)
+            if dist_ctx is not None:  # what each rank now trains with, for the logs (and tests) to compare
+                sys.stderr.write(f"rank {dist_ctx.rank}: state {state + 1} mask {mask_digest(current_mask(model, args.conv1))}\n")
             print(f"pruned to {100 * new_mask.sparsity():.2f}% sparsity, rewound ({args.prune_type}):\n{new_mask.report()}")
 
     print("\n" + states_table(history))
     print(f"summary: {os.path.join(args.save_dir, 'summary.json')}")
+    if dist_ctx is not None:
+        dist_ctx.barrier()
+        dist_ctx.close()
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ data: a no-flag run is a real, small CPU run.
 """
 import argparse
 import os
+import shutil
 
 from models import model_names
 from pruner.partition import PARTITIONERS
@@ -85,11 +86,22 @@ def finish(args):
     return args
 
 
-def prepare_save_dir(path):
-    """Create --save_dir and prove it is writable before any training."""
+def checkpoint_bytes(model):
+    """Disk one training state needs: two checkpoints (latest and best), each
+    with weights, masks, momentum and the rewind point (~4x the parameters)."""
+    return 2 * 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def prepare_save_dir(path, needed_bytes=0):
+    """Create --save_dir and prove it is writable, with room for
+    `needed_bytes`, before any training."""
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
+        free = shutil.disk_usage(path).free
+        if free < needed_bytes:
+            raise UserError(f"--save_dir '{path}' has {free / 2**20:.0f} MiB free; one state's checkpoints need "
+                            f"about {needed_bytes / 2**20:.0f} MiB")
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
         with open(probe, "wb") as f:
             f.write(b"\0" * 4096)
             f.flush()

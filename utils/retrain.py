@@ -11,14 +11,14 @@ import os
 
 from pruner.mask import Mask
 from pruner.masking import apply_mask, check_compatible, load_plain_weights, load_weights
-from utils.arguments import add_general, add_ticket, add_training, finish, prepare_save_dir
+from utils.arguments import add_general, add_ticket, add_training, checkpoint_bytes, finish, prepare_save_dir
 from utils.checkpoint import load_file, plain_weights, state_dict_of
 from utils.datasets import make_loader
 from utils.errors import UserError
 from utils.flops import flops_report, masked_flops
 from utils.report import environment, plot_states, state_record, write_summary
 from utils.setup import build, resume_checkpoint
-from utils.training import evaluate, train_state
+from utils.training import eval_loader, evaluate, train_state
 
 START_WEIGHTS = ("lt", "rewind_lt", "pt", "trained")
 
@@ -52,7 +52,7 @@ def start_weights(args, ticket_weights):
     return plain_weights(state_dict_of(ckpt, args.pretrained))
 
 
-def run_evaluation(args, device, data, model):
+def run_evaluation(args, device, data, model, dist_ctx):
     if not args.checkpoint:
         raise UserError("--evaluate needs --checkpoint <file with weights> (a run saved with --save_model)")
     ckpt = load_file(args.checkpoint, "--checkpoint")
@@ -62,7 +62,7 @@ def run_evaluation(args, device, data, model):
     check_compatible(model, plain_weights(weights), f"--checkpoint '{args.checkpoint}'")
     load_weights(model, weights)
     mask = Mask.from_model(model)
-    val, test = (evaluate(model, make_loader(d, args.batch_size, False, args.workers), device, args.amp)
+    val, test = (evaluate(model, eval_loader(d, args, device, dist_ctx), device, args.amp, dist_ctx)
                  for d in (data.val, data.test))
     print(f"evaluate {args.checkpoint}: sparsity {100 * mask.sparsity():.2f}% | val {val:.2f}% | test {test:.2f}%")
     return {"val_acc": val, "test_acc": test}
@@ -79,7 +79,8 @@ def retrain(args, script, restructure):
     if resume is None and os.path.exists(checkpoint_file):
         raise UserError(f"--save_dir '{args.save_dir}' already holds a run (checkpoint.pth.tar); "
                         "pass --resume to continue it or choose another --save_dir")
-    device, data, model = build(args)
+    device, data, model, dist_ctx = build(args)
+    is_main = dist_ctx is None or dist_ctx.is_main
     ticket = state_dict_of(load_file(args.mask_dir, "--mask_dir checkpoint"), args.mask_dir)
     if not Mask.from_state_dict(ticket):
         raise UserError(f"--mask_dir '{args.mask_dir}' holds no masks (no '<layer>.weight_mask' entries)")
@@ -88,12 +89,20 @@ def retrain(args, script, restructure):
     mask = Mask.from_model(model)
     start = start_weights(args, plain_weights(ticket))
     check_compatible(model, start, "the weights to retrain from")
-    new_mask, layers = restructure(model, mask, data, args)
+    if is_main:
+        new_mask, layers = restructure(model, mask, data, args)
+    else:
+        new_mask, layers = mask, {}
+    if dist_ctx is not None:  # computed once, on rank 0
+        new_mask = dist_ctx.broadcast_mask(new_mask)
     spec = data.spec
     flops = masked_flops(model, (1, spec.in_channels, spec.image_size, spec.image_size),
                          {"unstructured": mask, script: new_mask})
     print(f"FLOPs per image (convolutions and classifier, scaled by mask density):\n{flops_report(flops)}")
-    prepare_save_dir(args.save_dir)
+    if is_main:
+        prepare_save_dir(args.save_dir, needed_bytes=checkpoint_bytes(model))
+    if dist_ctx is not None:
+        dist_ctx.barrier()
     load_plain_weights(model, start)
     apply_mask(model, new_mask)
     print(f"ticket: {100 * mask.sparsity():.2f}% sparse -> {script}: {100 * new_mask.sparsity():.2f}% sparse")
@@ -104,14 +113,18 @@ def retrain(args, script, restructure):
     extra = {"init_weight": start, "source_mask": args.mask_dir, "args": vars(args)}
     result = train_state(model, data, args, device, state=0, resume=resume, extra=extra,
                          checkpoint_file=checkpoint_file, best_file=os.path.join(args.save_dir, "model_SA_best.pth.tar"),
-                         save_weights=args.save_model)
+                         save_weights=args.save_model, dist_ctx=dist_ctx)
     record = state_record(0, new_mask, result)
     summary = {"script": script, "args": vars(args), "environment": environment(device),
                "ticket_sparsity": mask.sparsity(), "sparsity": new_mask.sparsity(), "layers": layers,
                "flops": {column: sum(row[column] for row in flops.values()) for column in next(iter(flops.values()))},
                "flops_per_layer": flops, "states": [record]}
-    write_summary(args.save_dir, summary)
-    plot_states(args.save_dir, [record], f"{script} {args.arch} on {args.dataset}")
+    if is_main:
+        write_summary(args.save_dir, summary)
+        plot_states(args.save_dir, [record], f"{script} {args.arch} on {args.dataset}")
+    if dist_ctx is not None:
+        dist_ctx.barrier()
+        dist_ctx.close()
     print(f"{script} done: sparsity {100 * record['sparsity']:.2f}% | best val {record['best_val_acc']:.2f}% "
           f"(epoch {record['best_epoch']}) | test at best val {record['test_acc_at_best_val']:.2f}%")
     return summary

@@ -4,6 +4,7 @@ import torch
 from models import build_model
 from utils.checkpoint import latest_checkpoint, load_file
 from utils.datasets import load_dataset
+from utils.distributed import launch_context
 from utils.errors import UserError
 from utils.runtime import seed_everything, select_device
 
@@ -11,10 +12,16 @@ RESUME_KEYS = ("state", "epoch", "state_dict", "optimizer", "scheduler", "result
 
 
 def build(args):
-    """(device, data splits, model on device) for parsed, checked args; the
-    model's initial weights depend only on --seed."""
-    device = select_device(args.gpu)
-    print(f"device: {device} | torch {torch.__version__} | dataset {args.dataset} | arch {args.arch}", flush=True)
+    """(device, data splits, model on device, DistContext or None) for parsed,
+    checked args; the model's initial weights depend only on --seed."""
+    dist_ctx = launch_context()
+    if dist_ctx is None:
+        device = select_device(args.gpu)
+        where = str(device)
+    else:
+        device = dist_ctx.device
+        where = f"{device} x {dist_ctx.world_size} ranks (torchrun{'; --gpu ignored' if args.gpu is not None else ''})"
+    print(f"device: {where} | torch {torch.__version__} | dataset {args.dataset} | arch {args.arch}", flush=True)
     data = load_dataset(args.dataset, args.data)
     seed_everything(args.seed)
     spec = data.spec
@@ -22,7 +29,7 @@ def build(args):
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    return device, data, model
+    return device, data, model, dist_ctx
 
 
 def resume_checkpoint(args, name_hint):

@@ -14,8 +14,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler
+
 from utils.checkpoint import save_atomic
 from utils.datasets import make_loader
+from utils.distributed import shard
 from utils.errors import TrainingDiverged
 from utils.runtime import epoch_seed, seed_everything
 
@@ -58,9 +62,11 @@ def _to_device(x, device):
     return x
 
 
-def train_one_epoch(model, loader, optimizer, device, *, amp=True, scaler=None, desc="train", print_freq=0):
-    """One pass over `loader`; returns (mean loss, accuracy %). Raises
-    TrainingDiverged on a non-finite loss, before the step that would spread it."""
+def train_one_epoch(model, loader, optimizer, device, *, amp=True, scaler=None, desc="train", print_freq=0,
+                    dist_ctx=None):
+    """One pass over `loader`; returns (mean loss, accuracy %), over all
+    ranks under DDP. Raises TrainingDiverged on a non-finite loss, before the
+    step that would spread it."""
     model.train()
     total_loss, correct, seen = 0.0, 0, 0
     bar = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
@@ -87,12 +93,15 @@ def train_one_epoch(model, loader, optimizer, device, *, amp=True, scaler=None, 
             print(f"  {desc} [{step + 1}/{len(loader)}] loss {total_loss / seen:.4f} acc {100 * correct / seen:.2f}%")
         else:
             bar.set_postfix(loss=f"{total_loss / seen:.3f}", acc=f"{100 * correct / seen:.1f}")
+    if dist_ctx is not None:
+        total_loss, correct, seen = dist_ctx.sum([total_loss, correct, seen])
     return total_loss / max(1, seen), 100.0 * correct / max(1, seen)
 
 
 @torch.no_grad()
-def evaluate(model, loader, device, amp=True):
-    """Top-1 accuracy (%) of `model` on `loader` in eval mode."""
+def evaluate(model, loader, device, amp=True, dist_ctx=None):
+    """Top-1 accuracy (%) of `model` on `loader` in eval mode (under DDP,
+    `loader` holds this rank's shard and the counts are summed)."""
     model.eval()
     correct, seen = 0, 0
     for images, targets in loader:
@@ -101,6 +110,8 @@ def evaluate(model, loader, device, amp=True):
             logits = model(images)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += targets.size(0)
+    if dist_ctx is not None:
+        correct, seen = dist_ctx.sum([correct, seen])
     return 100.0 * correct / max(1, seen)
 
 
@@ -113,16 +124,37 @@ def best_summary(result):
             "test_acc_at_best_val": result["test_acc"][best], "final_test_acc": result["test_acc"][-1]}
 
 
+def eval_loader(dataset, args, device, dist_ctx=None):
+    """Loader over `dataset` (this rank's shard under DDP)."""
+    if dist_ctx is not None:
+        dataset = shard(dataset, dist_ctx)
+    return make_loader(dataset, args.batch_size, False, args.workers, pin_memory=device.type == "cuda")
+
+
+def train_loader(dataset, args, device, seed, dist_ctx=None):
+    """This epoch's shuffled training loader; under DDP each rank draws its
+    share of every global batch of --batch_size."""
+    if dist_ctx is None:
+        return make_loader(dataset, args.batch_size, True, args.workers, seed=seed, pin_memory=device.type == "cuda")
+    sampler = DistributedSampler(dataset, dist_ctx.world_size, dist_ctx.rank, shuffle=True, seed=seed)
+    per_rank = math.ceil(args.batch_size / dist_ctx.world_size)
+    return make_loader(dataset, per_rank, False, args.workers, seed=seed, sampler=sampler,
+                       pin_memory=device.type == "cuda")
+
+
 def train_state(model, data, args, device, *, state, checkpoint_file, best_file, extra, resume=None,
-                on_epoch_start=None, writer=True, save_weights=True):
+                on_epoch_start=None, save_weights=True, dist_ctx=None):
     """Train one IMP state (or one retraining run) and return its `result`.
 
     `extra` is merged into every checkpoint (it holds `init_weight` and any
     script-specific keys; `on_epoch_start(epoch)` may update it, as
     rewind_lt does). `resume` is a checkpoint of this state to continue.
-    Only `writer` processes save files; without `save_weights` checkpoints
-    hold the results only (no weights, masks or optimizer).
+    Without `save_weights` checkpoints hold the results only (no weights,
+    masks or optimizer). Under DDP (`dist_ctx`) only rank 0 writes.
     """
+    writer = dist_ctx is None or dist_ctx.is_main
+    trained = model if dist_ctx is None else DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None)
     optimizer = build_optimizer(model, args)
     scheduler = build_scheduler(optimizer, args)
     scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
@@ -133,10 +165,8 @@ def train_state(model, data, args, device, *, state, checkpoint_file, best_file,
         result = resume["result"]
         best_sa, start = resume["best_sa"], resume["epoch"]
     amp = args.amp
-    workers = args.workers
-    pin = device.type == "cuda"
-    val_loader = make_loader(data.val, args.batch_size, False, workers, pin_memory=pin)
-    test_loader = make_loader(data.test, args.batch_size, False, workers, pin_memory=pin)
+    val_loader = eval_loader(data.val, args, device, dist_ctx)
+    test_loader = eval_loader(data.test, args, device, dist_ctx)
     for epoch in range(start, args.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
@@ -144,13 +174,13 @@ def train_state(model, data, args, device, *, state, checkpoint_file, best_file,
         seed_everything(seed)
         tic = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        train_loader = make_loader(data.train, args.batch_size, True, workers, seed=seed, pin_memory=pin)
-        loss, train_acc = train_one_epoch(model, train_loader, optimizer, device, amp=amp, scaler=scaler,
+        loader = train_loader(data.train, args, device, seed, dist_ctx)
+        loss, train_acc = train_one_epoch(trained, loader, optimizer, device, amp=amp, scaler=scaler,
                                           desc=f"state {state} epoch {epoch + 1}/{args.epochs}",
-                                          print_freq=args.print_freq)
+                                          print_freq=args.print_freq, dist_ctx=dist_ctx)
         scheduler.step()
-        val_acc = evaluate(model, val_loader, device, amp)
-        test_acc = evaluate(model, test_loader, device, amp)
+        val_acc = evaluate(model, val_loader, device, amp, dist_ctx)
+        test_acc = evaluate(model, test_loader, device, amp, dist_ctx)
         seconds = time.perf_counter() - tic
         for key, value in zip(("train_loss", "train_acc", "val_acc", "test_acc", "lr", "seconds"),
                               (loss, train_acc, val_acc, test_acc, lr, seconds)):

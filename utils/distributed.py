@@ -1,0 +1,96 @@
+"""Data-parallel training under `torchrun` (PyTorch DDP).
+
+`launch_context()` reads torchrun's environment (WORLD_SIZE, RANK,
+LOCAL_RANK); without it the run is a single process and nothing here is
+used. Under torchrun:
+
+- the device is `cuda:LOCAL_RANK` (NCCL) when CUDA exists, else the CPU
+  (gloo); `--gpu` is ignored;
+- `--batch_size` stays the global batch: each rank trains on its share of
+  every batch (a DistributedSampler seeded per epoch), so the learning-rate
+  schedule and the optimisation match a single-process run;
+- evaluation shards the data (rank r takes items r, r+W, ...) and sums the
+  counts, so every rank sees the same accuracies;
+- masks are computed on rank 0 and broadcast, so every rank holds the same;
+- only rank 0 writes files and prints; the others wait at barriers.
+"""
+import hashlib
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+    def barrier(self):
+        dist.barrier()
+
+    def sum(self, values):
+        """All-reduce a list of numbers (float64 on the CPU / current device)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def broadcast_mask(self, mask):
+        """Rank 0's mask on every rank (masks are computed once)."""
+        from pruner.mask import Mask
+        out = Mask()
+        for name in sorted(mask):
+            t = mask[name].to(self.device, torch.float32).contiguous()
+            dist.broadcast(t, src=0)
+            out[name] = t.cpu()
+        return Mask({name: out[name] for name in mask})
+
+    def broadcast_flag(self, ok):
+        """True on every rank only if `ok` is True on rank 0."""
+        t = torch.tensor([1 if ok else 0], device=self.device)
+        dist.broadcast(t, src=0)
+        return bool(t.item())
+
+    def close(self):
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch_context():
+    """A DistContext under torchrun with WORLD_SIZE > 1, else None."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        device, backend = torch.device(f"cuda:{local_rank}"), "nccl"
+    else:
+        device, backend = torch.device("cpu"), "gloo"
+    if not dist.is_initialized():
+        dist.init_process_group(backend)
+    if rank != 0:
+        sys.stdout = open(os.devnull, "w")  # one log per job; errors still reach stderr
+    return DistContext(rank, world, local_rank, device)
+
+
+def mask_digest(mask):
+    """A short fingerprint of a mask, to check that ranks agree."""
+    h = hashlib.sha256()
+    for name in sorted(mask):
+        h.update(name.encode())
+        h.update(mask[name].to(torch.uint8).cpu().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def shard(dataset, ctx):
+    """Rank ctx.rank's items r, r+W, ... (no padding: sums stay exact)."""
+    return torch.utils.data.Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))
