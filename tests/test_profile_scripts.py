@@ -1,0 +1,47 @@
+"""profile/ scripts that need no GPU: splitting a ticket into layer files and
+timing a layer through the vendor convolution, with their bad-input errors."""
+import importlib.util
+import os
+
+import torch
+
+from conftest import ROOT, run_script
+
+
+def load_script(relative):
+    spec = importlib.util.spec_from_file_location(relative.replace("/", "_")[:-3], os.path.join(ROOT, relative))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_writes_one_masked_weight_per_layer_with_geometry(digits_imp_run, tmp_path):
+    ckpt = digits_imp_run / "1checkpoint.pth.tar"
+    proc = run_script("profile/regroup_conv/split.py", ckpt, tmp_path / "layers")
+    assert proc.returncode == 0, proc.stderr
+    files = sorted(os.listdir(tmp_path / "layers"))
+    sd = torch.load(ckpt, weights_only=False)["state_dict"]
+    masked = sorted(k[: -len(".weight_mask")] + ".pth.tar" for k in sd if k.endswith(".weight_mask"))
+    assert files == masked
+    rec = torch.load(tmp_path / "layers" / "layer2.0.conv1.pth.tar", weights_only=False)
+    assert torch.equal(rec["weight"], sd["layer2.0.conv1.weight_orig"] * sd["layer2.0.conv1.weight_mask"])
+    assert rec["stride"] == (2, 2) and rec["padding"] == (1, 1) and rec["input_hw"] == (8, 8)  # digits: 8x8 input
+
+    timed = run_script("profile/cudnn_conv/conv.py", "--kernel_file", tmp_path / "layers" / "layer2.0.conv1.pth.tar",
+                       "--batch_size", "3", "--repeats", "3")
+    assert timed.returncode == 0, timed.stderr
+    assert "input (3, 16, 8, 8), stride (2, 2), padding (1, 1)" in timed.stdout and "median" in timed.stdout
+
+
+def test_bad_kernel_files_and_shapes(tmp_path, cli_error):
+    conv = load_script("profile/cudnn_conv/conv.py")
+    flat = tmp_path / "flat.pth.tar"
+    torch.save({"weight": torch.ones(8, 9)}, flat)
+    assert "does not hold a 4-D conv weight (got (8, 9))" in cli_error(conv, ["--kernel_file", str(flat)])
+    good = tmp_path / "good.pth.tar"
+    torch.save({"weight": torch.ones(8, 4, 3, 3)}, good)
+    line = cli_error(conv, ["--kernel_file", str(good), "--input_height", "2", "--vertical_padding", "0"])
+    assert "does not fit a 2x32 input" in line
+    assert "not found" in cli_error(conv, ["--kernel_file", str(tmp_path / "missing.pth.tar")])
+    split = load_script("profile/regroup_conv/split.py")
+    assert "holds no masks" in cli_error(split, [str(good), str(tmp_path / "out")])
