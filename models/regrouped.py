@@ -12,6 +12,8 @@ CPU paths (also the reference for GPU kernels):
 - weight: the input is unfolded once (im2col), each block multiplies its
   gathered columns by its dense weight, and the rows are added in place.
 """
+import functools
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -54,12 +56,54 @@ class RegroupedConv2d(nn.Module):
         return [(getattr(self, f"rows{i}"), getattr(self, f"cols{i}"), self.block_weights[i])
                 for i in range(self.num_blocks)]
 
+    def kernel_tables(self, device="cpu"):
+        """The CUDA kernel's tables (see profile/regroup_conv/regroup_conv.cu):
+        every block row is a task; columns are (input channel, dy, dx) with
+        dilation applied; a task's weights are contiguous in w_all."""
+        kh, kw = self.kernel_size
+        dh, dw = self.dilation
+        task_row, task_block, task_w_start, weights = [], [], [], []
+        col_start, ncols, col_c, col_dy, col_dx = [], [], [], [], []
+        w_offset = c_offset = 0
+        for b, (rows, cols, weight) in enumerate(self.blocks()):
+            if self.unit == "channel":  # a channel is kh*kw columns, channel-major
+                channel = cols.repeat_interleave(kh * kw)
+                tap = torch.arange(kh * kw).repeat(len(cols))
+            else:  # unfolded column index c * kh * kw + i * kw + j
+                channel, tap = cols // (kh * kw), cols % (kh * kw)
+            flat = weight.detach().reshape(len(rows), -1).float()
+            col_start.append(c_offset)
+            ncols.append(len(channel))
+            col_c.append(channel)
+            col_dy.append((tap // kw) * dh)
+            col_dx.append((tap % kw) * dw)
+            task_row.append(rows)
+            task_block.append(torch.full((len(rows),), b))
+            task_w_start.append(w_offset + torch.arange(len(rows)) * len(channel))
+            weights.append(flat.reshape(-1))
+            w_offset += flat.numel()
+            c_offset += len(channel)
+
+        def ints(parts):
+            return (torch.cat(parts) if parts else torch.zeros(0)).to(device=device, dtype=torch.int32).contiguous()
+
+        return {"w_all": (torch.cat(weights) if weights else torch.zeros(0)).to(device).contiguous(),
+                "task_row": ints(task_row), "task_block": ints(task_block), "task_w_start": ints(task_w_start),
+                "col_start": ints([torch.tensor(col_start)]), "ncols": ints([torch.tensor(ncols)]),
+                "col_c": ints(col_c), "col_dy": ints(col_dy), "col_dx": ints(col_dx)}
+
+    def extents(self):
+        """Dilated kernel extents (what the kernel's output-size formula uses)."""
+        return tuple(d * (k - 1) + 1 for k, d in zip(self.kernel_size, self.dilation))
+
     def output_size(self, h, w):
         kh, kw = self.kernel_size
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
     def forward(self, x):
+        if x.is_cuda:
+            return self._forward_cuda(x)
         n, _, h, w = x.shape
         oh, ow = self.output_size(h, w)
         out = x.new_zeros(n, self.out_channels, oh, ow)
@@ -76,6 +120,23 @@ class RegroupedConv2d(nn.Module):
             out = out + self.bias.view(1, -1, 1, 1)
         return out
 
+    def _forward_cuda(self, x):
+        key = (x.device, self._version)
+        if getattr(self, "_tables_key", None) != key:  # tables follow the weights' device and values
+            self._tables, self._tables_key = self.kernel_tables(x.device), key
+        t = self._tables
+        out = _cuda_kernel().forward(
+            x.float().contiguous(), t["w_all"], t["task_row"], t["task_block"], t["task_w_start"], t["col_start"],
+            t["ncols"], t["col_c"], t["col_dy"], t["col_dx"], self.out_channels, *self.extents(), *self.stride,
+            *self.padding)
+        if self.bias is not None:
+            out = out + self.bias.float().view(1, -1, 1, 1)
+        return out.to(x.dtype)
+
+    @property
+    def _version(self):
+        return tuple(w._version for w in self.block_weights)
+
     @classmethod
     def from_conv(cls, conv, blocks, unit="weight"):
         """From an nn.Conv2d (groups=1) and the blocks of its regrouped mask."""
@@ -83,6 +144,33 @@ class RegroupedConv2d(nn.Module):
             raise ValueError("regrouped convolutions need groups=1")
         weight = conv.weight_orig * conv.weight_mask if hasattr(conv, "weight_mask") else conv.weight
         return cls(weight, blocks, unit, conv.stride, conv.padding, conv.dilation, conv.bias)
+
+
+@functools.lru_cache(maxsize=None)
+def _cuda_kernel():
+    from utils.cuda_build import build_regroup_kernel
+    return build_regroup_kernel()
+
+
+def emulate_kernel(x, tables, out_channels, extents, stride, padding):
+    """The CUDA kernel's arithmetic on the CPU, read from the same tables:
+    out[n, task_row[t], oh, ow] = sum_j w[t, j] * x[n, c_j, oh*sh - ph + dy_j, ow*sw - pw + dx_j]."""
+    n, _, h, w = x.shape
+    (sh, sw), (ph, pw) = stride, padding
+    oh, ow = (h + 2 * ph - extents[0]) // sh + 1, (w + 2 * pw - extents[1]) // sw + 1
+    padded = F.pad(x, (pw, pw, ph, ph))  # zero outside: the kernel's bounds check
+    out = x.new_zeros(n, out_channels, oh, ow)
+    starts, counts = tables["col_start"].long(), tables["ncols"].long()
+    for t in range(len(tables["task_row"])):
+        b = int(tables["task_block"][t])
+        first, count = int(starts[b]), int(counts[b])
+        w0 = int(tables["task_w_start"][t])
+        acc = x.new_zeros(n, oh, ow)
+        for j in range(first, first + count):
+            c, dy, dx = int(tables["col_c"][j]), int(tables["col_dy"][j]), int(tables["col_dx"][j])
+            acc += tables["w_all"][w0 + j - first] * padded[:, c, dy: dy + sh * (oh - 1) + 1: sh, dx: dx + sw * (ow - 1) + 1: sw]
+        out[:, int(tables["task_row"][t])] = acc
+    return out
 
 
 def _pair(v):

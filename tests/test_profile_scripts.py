@@ -45,3 +45,22 @@ def test_bad_kernel_files_and_shapes(tmp_path, cli_error):
     assert "not found" in cli_error(conv, ["--kernel_file", str(tmp_path / "missing.pth.tar")])
     split = load_script("profile/regroup_conv/split.py")
     assert "holds no masks" in cli_error(split, [str(good), str(tmp_path / "out")])
+
+
+def test_regroup_conv_cpu_path_checks_and_times_a_layer(tmp_path, cli_error):
+    conv = load_script("profile/regroup_conv/conv.py")
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(64, 32, 3, 3, generator=g) * (torch.rand(64, 32, 3, 3, generator=g) > 0.7)
+    layer = tmp_path / "layer.pth.tar"
+    torch.save({"weight": weight, "stride": (1, 1), "padding": (1, 1), "input_hw": (8, 8)}, layer)
+    proc = run_script("profile/regroup_conv/conv.py", "--kernel_file", layer, "--b2", "4", "--batch_size", "5",
+                      "--repeats", "3", "--regroup_unit", "channel")
+    assert proc.returncode == 0, proc.stderr
+    assert "relative error" in proc.stdout and "CPU path" in proc.stdout and "speedup" in proc.stdout
+    line = cli_error(conv, ["--kernel_file", str(layer)])  # 64 rows in 8 parts of 8: none above b2 = 16
+    assert "no dense block" in line
+    flat = tmp_path / "flat.pth.tar"
+    torch.save(torch.ones(3, 3), flat)
+    assert "does not hold a 4-D conv weight" in cli_error(conv, ["--kernel_file", str(flat)])
+    assert "does not fit" in cli_error(conv, ["--kernel_file", str(layer), "--input_width", "1",
+                                              "--horizontal_padding", "0"])

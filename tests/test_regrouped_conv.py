@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune
 
-from models.regrouped import RegroupedConv2d
+from models.regrouped import RegroupedConv2d, emulate_kernel
 from pruner.regroup import regroup_layer
 
 CASES = [  # (c_out, c_in, k, stride, padding, dilation, batch, size)
@@ -58,3 +58,38 @@ def test_from_masked_conv_keeps_bias_and_geometry():
     x = torch.randn(3, 16, 9, 9)
     with torch.no_grad():
         assert torch.allclose(regrouped(x), conv(x), atol=1e-5)
+
+
+@pytest.mark.parametrize("unit", ["weight", "channel"])
+@pytest.mark.parametrize("case", CASES[:4] + CASES[4:5])
+def test_kernel_tables_reproduce_conv2d(case, unit):
+    """The host-side tables, read with the CUDA kernel's index arithmetic."""
+    c_out, c_in, k, stride, padding, dilation, batch, size = case
+    g = torch.Generator().manual_seed(7 * c_out + k)
+    weight = torch.randn(c_out, c_in, k, k, generator=g)
+    mask = (torch.rand(c_out, c_in, k, k, generator=g) > 0.8).float()
+    new_mask, info = regroup_layer(mask, cn=4, nn=8, b2=2, unit=unit)
+    conv = RegroupedConv2d(weight * new_mask, info.blocks, unit, stride, padding, dilation)
+    tables = conv.kernel_tables()
+    assert all(v.dtype == torch.int32 for key, v in tables.items() if key != "w_all")
+    assert len(tables["task_row"]) == sum(len(r) for r, _ in info.blocks)
+    assert len(set(tables["task_row"].tolist())) == len(tables["task_row"])  # rows are disjoint: no atomics needed
+    x = torch.randn(batch, c_in, size, size, generator=g)
+    got = emulate_kernel(x, tables, c_out, conv.extents(), conv.stride, conv.padding)
+    expected = F.conv2d(x, weight * new_mask, None, stride, padding, dilation)
+    assert torch.allclose(got, expected, rtol=1e-4, atol=1e-4), (got - expected).abs().max()
+
+
+@pytest.mark.slow
+def test_cuda_kernel_compiles(tmp_path, monkeypatch):
+    """nvcc builds the kernel (sm_80/sm_90 without a GPU) from a cold cache."""
+    import shutil
+
+    import pytest as _pytest
+    if shutil.which("nvcc") is None:
+        _pytest.skip("nvcc is not installed")
+    from conftest import run_script
+    env_cache = tmp_path / "cache"
+    proc = run_script("profile/regroup_conv/conv.py", "--build-only", env={"STRUCTLTH_CACHE": str(env_cache)})
+    assert proc.returncode == 0, proc.stderr
+    assert "built" in proc.stdout and any(env_cache.rglob("*.so"))

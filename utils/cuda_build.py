@@ -1,0 +1,74 @@
+"""Build the regrouped-convolution CUDA extension with nvcc through
+torch.utils.cpp_extension, cached by content: the build directory is named
+after a hash of the source, the target architectures and the CUDA version,
+so a second run loads the built module instead of recompiling.
+
+Targets: the GPU present (its compute capability); without a GPU
+(`--build-only`, CI), sm_80 and sm_90.
+"""
+import hashlib
+import os
+
+import torch
+
+from utils.errors import UserError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KERNEL_SOURCE = os.path.join(ROOT, "profile", "regroup_conv", "regroup_conv.cu")
+DEFAULT_ARCHS = ("80", "90")
+
+
+def target_archs():
+    if torch.cuda.is_available():
+        major, minor = torch.cuda.get_device_capability()
+        return (f"{major}{minor}",)
+    return DEFAULT_ARCHS
+
+
+def cache_root():
+    return os.environ.get("STRUCTLTH_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "structlth"))
+
+
+def wheel_include_dirs():
+    """Header folders of pip's nvidia-* wheels (cuSPARSE, cuBLAS, ...): torch's
+    CUDA headers include them, and an nvcc-only toolkit may lack them."""
+    import glob
+    import importlib.util
+    spec = importlib.util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    found = set()
+    for base in spec.submodule_search_locations:
+        for header in glob.glob(os.path.join(base, "*", "include", "cusparse.h")):
+            found.add(os.path.dirname(header))
+    return sorted(found)
+
+
+def build_regroup_kernel(verbose=False):
+    """The compiled extension module (its `forward` runs the kernel)."""
+    if torch.version.cuda is None:
+        raise UserError("this PyTorch build has no CUDA support: install a CUDA build to compile the kernel")
+    toolkit = os.environ.get("CUDA_HOME")
+    if not toolkit and os.path.isdir("/usr/local/cuda"):
+        # The toolkit's own folder (include/, lib64/libcudart.so), not nvcc's /usr/local/bin parent,
+        # which cpp_extension guesses when no GPU driver is present; it reads CUDA_HOME at import.
+        toolkit = os.environ["CUDA_HOME"] = "/usr/local/cuda"
+    from torch.utils import cpp_extension
+
+    if toolkit:
+        cpp_extension.CUDA_HOME = toolkit
+    archs = target_archs()
+    with open(KERNEL_SOURCE, "rb") as f:
+        source = f.read()
+    digest = hashlib.sha256(source + ",".join(archs).encode() + torch.version.cuda.encode()).hexdigest()[:12]
+    name = f"regroup_conv_{digest}"
+    build_dir = os.path.join(cache_root(), "kernels", name)
+    os.makedirs(build_dir, exist_ok=True)
+    flags = ["-O3"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
+    try:
+        return cpp_extension.load(name=name, sources=[KERNEL_SOURCE], extra_cuda_cflags=flags,
+                                  extra_include_paths=wheel_include_dirs(), build_directory=build_dir,
+                                  verbose=verbose)
+    except (RuntimeError, OSError, ImportError) as err:
+        raise UserError(f"building the regrouped-convolution kernel failed (nvcc, CUDA {torch.version.cuda}, "
+                        f"sm_{'/sm_'.join(archs)}): {str(err).strip().splitlines()[-1]}") from None
