@@ -175,3 +175,17 @@ def emulate_kernel(x, tables, out_channels, extents, stride, padding):
 
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
+
+
+def regroup_model(model, infos, unit="weight"):
+    """Replace every masked convolution that regroup gave blocks (`infos`
+    from pruner.regroup.regroup_mask) by a RegroupedConv2d; layers without a
+    block keep their masked convolution. Modifies and returns `model`."""
+    modules = dict(model.named_modules())
+    for name, info in infos.items():
+        if info.kept_mask or not info.blocks:
+            continue
+        parent_name, _, attr = name.rpartition(".")
+        parent = modules[parent_name] if parent_name else model
+        setattr(parent, attr, RegroupedConv2d.from_conv(modules[name], info.blocks, unit))
+    return model

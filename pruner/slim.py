@@ -27,7 +27,7 @@ from torch import nn
 from models.mobilenet import DepthwiseSeparable
 from models.resnet import BasicBlock, Bottleneck
 from models.vgg import VGG
-from pruner.masking import strip_masks
+from pruner.masking import refresh_masked_weights, strip_masks
 from pruner.refill import is_channel_wise, kept_rows
 from utils.errors import UserError
 
@@ -134,9 +134,7 @@ def _chains(model):
 def slim(model, mask=None):
     """A physically slimmed copy of `model` (masked with a channel-wise mask,
     or with `mask` given). Raises UserError for a mask that is not channel-wise."""
-    for module in model.modules():  # prune's weight = orig * mask is a graph node; deepcopy needs leaves
-        if hasattr(module, "weight_mask") and hasattr(module, "weight_orig"):
-            module.weight = module.weight_orig.detach() * module.weight_mask
+    refresh_masked_weights(model)  # prune's weight = orig * mask may be a graph node; deepcopy needs leaves
     model = copy.deepcopy(model).cpu().eval()
     if mask is not None:
         from pruner.masking import apply_mask

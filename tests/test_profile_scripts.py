@@ -64,3 +64,14 @@ def test_regroup_conv_cpu_path_checks_and_times_a_layer(tmp_path, cli_error):
     assert "does not hold a 4-D conv weight" in cli_error(conv, ["--kernel_file", str(flat)])
     assert "does not fit" in cli_error(conv, ["--kernel_file", str(layer), "--input_width", "1",
                                               "--horizontal_padding", "0"])
+
+
+def test_end_to_end_checks_every_structured_variant(digits_imp_run):
+    proc = run_script("profile/end_to_end.py", digits_imp_run / "1checkpoint.pth.tar", "--image_size", "8",
+                      "--batch_size", "16", "--repeats", "2", "--b2", "4")
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split()[0]: line for line in proc.stdout.splitlines()
+            if line.startswith(("dense", "masked", "slimmed", "regrouped"))}
+    assert set(rows) == {"dense", "masked", "slimmed", "regrouped"}
+    for name in ("slimmed", "regrouped"):  # checked against the masked model each implements
+        assert float(rows[name].split()[-1]) < 1e-3
