@@ -23,9 +23,9 @@ from utils.training import train_state
 DDP_RUN = ["--epochs", "2", "--pruning_times", "3", "--seed", "3"]
 
 
-def torchrun(*args, **popen):
+def torchrun(*args, script="main_imp.py", **popen):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           os.path.join(ROOT, "main_imp.py"), *map(str, args)]
+           os.path.join(ROOT, script), *map(str, args)]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             **popen)
@@ -100,6 +100,19 @@ def test_ddp_resume_after_killing_the_whole_job(ddp_run, tmp_path):
     assert resumed.returncode == 0, err
     assert "resuming from" in out
     assert final_mask_digest(save) == final_mask_digest(straight)
+
+
+def test_retraining_scripts_under_torchrun(digits_imp_run, tmp_path):
+    ticket = digits_imp_run / "1checkpoint.pth.tar"
+    for script, extra in (("main_eval_fillback.py", []), ("main_eval_regroup_retrain.py", ["--b2", "4"])):
+        save = tmp_path / script
+        proc = torchrun("--pretrained", ticket, "--mask_dir", ticket, "--epochs", "1", "--save_dir", save,
+                        "--save_model", *extra, script=script)
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        assert out.count(" done: sparsity") == 1
+        assert sorted(os.listdir(save)) == ["accuracy_per_epoch.png", "accuracy_vs_sparsity.png", "checkpoint.pth.tar",
+                                            "model_SA_best.pth.tar", "summary.json"]
 
 
 class PoisonedAfterOnePass(torch.utils.data.Dataset):

@@ -85,9 +85,8 @@ def test_cuda_kernel_compiles(tmp_path, monkeypatch):
     """nvcc builds the kernel (sm_80/sm_90 without a GPU) from a cold cache."""
     import shutil
 
-    import pytest as _pytest
     if shutil.which("nvcc") is None:
-        _pytest.skip("nvcc is not installed")
+        pytest.skip("nvcc is not installed")
     from conftest import run_script
     env_cache = tmp_path / "cache"
     proc = run_script("profile/regroup_conv/conv.py", "--build-only", env={"STRUCTLTH_CACHE": str(env_cache)})
