@@ -177,15 +177,55 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
-def regroup_model(model, infos, unit="weight"):
+def regroup_model(model, infos, unit="weight", example_input=None, repeats=5):
     """Replace every masked convolution that regroup gave blocks (`infos`
     from pruner.regroup.regroup_mask) by a RegroupedConv2d; layers without a
-    block keep their masked convolution. Modifies and returns `model`."""
+    block keep their masked convolution. With `example_input`, each layer is
+    first timed on its real input (median of `repeats`) and keeps its masked
+    dense convolution where the block path is slower. Modifies `model`;
+    returns it and {layer: "regrouped" | "dense (faster)" | "no block"}."""
     modules = dict(model.named_modules())
-    for name, info in infos.items():
-        if info.kept_mask or not info.blocks:
+    candidates = {name: RegroupedConv2d.from_conv(modules[name], info.blocks, unit)
+                  for name, info in infos.items() if not info.kept_mask and info.blocks}
+    inputs = _layer_inputs(model, candidates, example_input) if example_input is not None else {}
+    choice = {name: "no block" for name in infos}
+    for name, regrouped in candidates.items():
+        if name in inputs and _median(lambda: modules[name](inputs[name]), repeats) < \
+                _median(lambda: regrouped(inputs[name]), repeats):
+            choice[name] = "dense (faster)"
             continue
         parent_name, _, attr = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
-        setattr(parent, attr, RegroupedConv2d.from_conv(modules[name], info.blocks, unit))
-    return model
+        setattr(parent, attr, regrouped)
+        choice[name] = "regrouped"
+    return model, choice
+
+
+@torch.no_grad()
+def _layer_inputs(model, names, example_input):
+    captured, hooks = {}, []
+    for name, module in model.named_modules():
+        if name in names:
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: captured.__setitem__(name, i[0].detach())))
+    try:
+        model.eval()(example_input)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+@torch.no_grad()
+def _median(fn, repeats):
+    import statistics
+    import time
+    fn()  # warm-up
+    times = []
+    for _ in range(repeats):
+        tic = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - tic)
+    return statistics.median(times)

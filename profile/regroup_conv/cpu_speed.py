@@ -94,13 +94,16 @@ def main(args):
                            "regroup": lambda: layer(xin)}, args.repeats)
             print(f"  {name:<22} {100 * info.density_after:5.1f}% {len(info.blocks):6d} {1e3 * t['dense']:9.2f} "
                   f"{1e3 * t['regroup']:10.2f} {t['dense'] / t['regroup']:7.2f}x {1 / max(info.density_after, 1e-9):10.2f}x")
-        regrouped = regroup_model(copy.deepcopy(masked), infos, "channel")
-        diff = (regrouped(x) - masked(x)).abs().max().item()
-        t = alternate({"dense": lambda: dense(x), "regroup": lambda: regrouped(x)}, args.repeats)
         one = (1,) + shape[1:]
         flops_ratio = model_flops(dense, one) / sum(r["m"] for r in masked_flops(dense, one, {"m": new_mask}).values())
-        print(f"  end to end: dense {1e3 * t['dense']:.1f} ms, regrouped {1e3 * t['regroup']:.1f} ms, speedup "
-              f"{t['dense'] / t['regroup']:.2f}x, FLOPs ratio {flops_ratio:.2f}x, max |diff| vs masked {diff:.1e}")
+        for tuned in (False, True):
+            regrouped, choice = regroup_model(copy.deepcopy(masked), infos, "channel", x if tuned else None)
+            diff = (regrouped(x) - masked(x)).abs().max().item()
+            t = alternate({"dense": lambda: dense(x), "regroup": lambda: regrouped(x)}, args.repeats)
+            how = (f"timed per layer: {sum(c == 'regrouped' for c in choice.values())} regrouped, "
+                   f"{sum(c == 'dense (faster)' for c in choice.values())} kept dense") if tuned else "every layer with blocks"
+            print(f"  end to end ({how}): dense {1e3 * t['dense']:.1f} ms, regrouped {1e3 * t['regroup']:.1f} ms, "
+                  f"speedup {t['dense'] / t['regroup']:.2f}x, FLOPs ratio {flops_ratio:.2f}x, max |diff| {diff:.1e}")
 
 
 if __name__ == "__main__":
