@@ -75,3 +75,14 @@ def test_end_to_end_checks_every_structured_variant(digits_imp_run):
     assert set(rows) == {"dense", "masked", "slimmed", "regrouped"}
     for name in ("slimmed", "regrouped"):  # checked against the masked model each implements
         assert float(rows[name].split()[-1]) < 1e-3
+
+
+def test_mask_pictures(digits_imp_run, tmp_path, cli_error):
+    out = tmp_path / "masks.png"
+    proc = run_script("experiments/mask_pictures.py", digits_imp_run / "1checkpoint.pth.tar", "--layer",
+                      "layer3.0.conv2", "--b2", "4", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "8 blocks" in proc.stdout
+    pictures = load_script("experiments/mask_pictures.py")
+    line = cli_error(pictures, [str(digits_imp_run / "1checkpoint.pth.tar"), "--layer", "fc", "--out", str(out)])
+    assert "no masked layer 'fc'" in line
