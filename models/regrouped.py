@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from utils.layer_bench import median_seconds
+
 
 class RegroupedConv2d(nn.Module):
     def __init__(self, weight, blocks, unit="weight", stride=1, padding=0, dilation=1, bias=None):
@@ -177,6 +179,7 @@ def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 
 
+@torch.no_grad()
 def regroup_model(model, infos, unit="weight", example_input=None, repeats=5):
     """Replace every masked convolution that regroup gave blocks (`infos`
     from pruner.regroup.regroup_mask) by a RegroupedConv2d; layers without a
@@ -190,8 +193,9 @@ def regroup_model(model, infos, unit="weight", example_input=None, repeats=5):
     inputs = _layer_inputs(model, candidates, example_input) if example_input is not None else {}
     choice = {name: "no block" for name in infos}
     for name, regrouped in candidates.items():
-        if name in inputs and _median(lambda: modules[name](inputs[name]), repeats) < \
-                _median(lambda: regrouped(inputs[name]), repeats):
+        x = inputs.get(name)
+        if x is not None and median_seconds(lambda: modules[name](x), x.device, repeats, warmup=1) < \
+                median_seconds(lambda: regrouped(x), x.device, repeats, warmup=1):
             choice[name] = "dense (faster)"
             continue
         parent_name, _, attr = name.rpartition(".")
@@ -214,18 +218,3 @@ def _layer_inputs(model, names, example_input):
         for h in hooks:
             h.remove()
     return captured
-
-
-@torch.no_grad()
-def _median(fn, repeats):
-    import statistics
-    import time
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        tic = time.perf_counter()
-        fn()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - tic)
-    return statistics.median(times)
