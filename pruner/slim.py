@@ -11,8 +11,14 @@ relu(b). So:
   those input channels; what the removed inputs contributed is a map that
   depends on the spatial size alone (the constant relu(b) convolved with the
   removed weights, zero padding included) and is cached per size;
-- where a residual sum (or the classifier) needs the full width, the conv
-  computes only its kept channels and scatters them into a zero tensor.
+- in a ResNet block, the convs that write the residual sum (the last conv of
+  the branch and the shortcut's conv) compute only their kept channels, their
+  BNs only those channels' statistics; the block starts its sum from the
+  shortcut plus the constants BN gives the removed channels and adds the kept
+  channels in place (`SlimResidualBlock`), so nothing runs at full width but
+  the sum and its ReLU, as in the dense block;
+- elsewhere a consumer that needs the full width (a depthwise conv, the
+  classifier) gets the kept channels scattered into a zero tensor.
 
 The chains are known per block type (ResNet basic/bottleneck blocks,
 MobileNet depthwise-separable blocks, VGG's conv sequence); nothing else is
@@ -104,12 +110,95 @@ def _slice_bn(bn, keep):
     return new.train(bn.training)
 
 
+def _bn_of_zero(bn):
+    """BN(0) per channel in eval mode: what a removed (all-zero) channel becomes."""
+    with torch.no_grad():
+        return bn.bias - bn.weight * bn.running_mean / torch.sqrt(bn.running_var + bn.eps)
+
+
 def _bn_constant(bn, removed):
     """relu(BN(0)) for the removed channels: what the next layer sees of them."""
-    with torch.no_grad():
-        value = bn.bias[removed] - bn.weight[removed] * bn.running_mean[removed] / torch.sqrt(
-            bn.running_var[removed] + bn.eps)
-    return value.clamp(min=0)
+    return _bn_of_zero(bn)[removed].clamp(min=0)
+
+
+def _index_add_channels(out, index, y):
+    """out[:, index] += y in place; index_add_ over a [pixels, channels] view
+    when both are channels-last (4-D index_add_ there is ~6x slower)."""
+    if index is None:
+        return out.add_(y)
+    cl = torch.channels_last
+    if out.is_contiguous(memory_format=cl) and y.is_contiguous(memory_format=cl) and not y.is_contiguous():
+        out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]).index_add_(1, index, y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]))
+        return out
+    return out.index_add_(1, index, y)
+
+
+class SlimResidualBlock(nn.Module):
+    """A ResNet block (basic or bottleneck, same attribute names) whose
+    residual writers compute only their kept channels.
+
+    out = relu(shortcut(x) + constants + kept channels of the branch added in
+    place); `constants` holds what BN makes of the removed (all-zero) channels
+    of both writers. Without a downsample the sum is built in x itself, as
+    nn.ReLU(inplace=True) overwrites its input: inside the network a block's
+    input is the previous block's (or the stem's) fresh output, read by
+    nothing else once the branch has run, and a copy costs as much as the
+    whole residual sum.
+    """
+
+    def __init__(self, block):
+        super().__init__()
+        self.depth = 3 if isinstance(block, Bottleneck) else 2  # convs in the branch
+        for i in range(1, self.depth + 1):
+            setattr(self, f"conv{i}", getattr(block, f"conv{i}"))
+            setattr(self, f"bn{i}", getattr(block, f"bn{i}"))
+        last = f"{self.depth}"
+        constants, last_index = self._writer(f"conv{last}", f"bn{last}")
+        self.downsample, shortcut_index = block.downsample, None
+        if block.downsample is not None:
+            ds_constants, shortcut_index = self._writer("0", "1", block.downsample)
+            constants = constants + ds_constants
+        self.out_channels = constants.numel()
+        self.register_buffer("last_index", last_index)
+        self.register_buffer("shortcut_index", shortcut_index)
+        self.register_buffer("constants", constants.view(1, -1, 1, 1) if bool(torch.any(constants != 0)) else None)
+
+    def _writer(self, conv_name, bn_name, parent=None):
+        """Stop a residual writer's scatter and slice its BN to the kept
+        channels; returns (BN(0) on removed channels, 0 on kept; kept indices)."""
+        parent = self if parent is None else parent
+        conv, bn = getattr(parent, conv_name), getattr(parent, bn_name)
+        if not isinstance(conv, SlimConv) or conv.out_index is None:
+            return torch.zeros(bn.num_features), None
+        keep = conv.out_index
+        constants = _bn_of_zero(bn).detach().clone()
+        constants[keep] = 0
+        conv.out_index = None
+        setattr(parent, bn_name, _slice_bn(bn, keep))
+        return constants, keep
+
+    def forward(self, x):
+        h = x
+        for i in range(1, self.depth):
+            h = getattr(self, f"bn{i}")(getattr(self, f"conv{i}")(h)).relu_()
+        y = getattr(self, f"bn{self.depth}")(getattr(self, f"conv{self.depth}")(h))
+        if self.downsample is None:
+            out = x.add_(self.constants) if self.constants is not None else x
+        elif self.shortcut_index is None:
+            out = self.downsample(x)
+            if self.constants is not None:
+                out.add_(self.constants)
+        else:
+            s = self.downsample(x)
+            n, _, h, w = s.shape
+            fmt = torch.channels_last if s.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+            out = torch.empty((n, self.out_channels, h, w), dtype=s.dtype, device=s.device, memory_format=fmt)
+            if self.constants is not None:
+                out.copy_(self.constants.expand_as(out))
+            else:
+                out.zero_()
+            _index_add_channels(out, self.shortcut_index, s)
+        return _index_add_channels(out, self.last_index, y).relu_()
 
 
 def _chains(model):
@@ -187,4 +276,8 @@ def slim(model, mask=None):
         parent_name, _, attr = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
         setattr(parent, attr, SlimConv(conv, p["out_keep"], p["in_keep"], p["in_gather"], p["const_in"], p["scatter"]))
+    for name, block in list(model.named_modules()):
+        if isinstance(block, (BasicBlock, Bottleneck)):
+            parent_name, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent_name) if parent_name else model, attr, SlimResidualBlock(block))
     return model

@@ -88,6 +88,22 @@ def test_slimmed_model_equals_masked_model(arch):
     assert sum(p.numel() for p in slimmed.parameters()) < 0.8 * sum(p.numel() for p in model.parameters())
 
 
+def test_slimmed_resnet_in_channels_last_equals_masked_model():
+    """The residual sums add kept channels through a [pixels, channels] view in channels-last."""
+    torch.manual_seed(1)
+    model = build_model("res18", 10, 3).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.bias.data.uniform_(-1, 1)
+    mask = refill(model, global_magnitude_prune(model, 0.7), "magnitude", 0.0)
+    apply_mask(model, mask)
+    slimmed = slim(model).to(memory_format=torch.channels_last)
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        got = slimmed(x.contiguous(memory_format=torch.channels_last))
+    assert (got - expected).abs().max().item() < 1e-4
+
+
 def test_slim_refuses_unstructured_masks():
     model = build_model("res20s", 10, 1, (0.3,), (0.2,))
     with pytest.raises(UserError, match="not channel-wise"):
