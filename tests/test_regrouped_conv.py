@@ -92,3 +92,23 @@ def test_cuda_kernel_compiles(tmp_path, monkeypatch):
     proc = run_script("profile/regroup_conv/conv.py", "--build-only", env={"STRUCTLTH_CACHE": str(env_cache)})
     assert proc.returncode == 0, proc.stderr
     assert "built" in proc.stdout and any(env_cache.rglob("*.so"))
+
+
+def test_channel_path_reuses_its_buffer_safely_and_keeps_gradients():
+    """Inference reuses one gather buffer (two calls, two inputs, both right);
+    with autograd the path allocates afresh and gradients match F.conv2d's."""
+    g = torch.Generator().manual_seed(3)
+    weight = torch.randn(48, 24, 3, 3, generator=g)
+    new_mask, info = regroup_layer((torch.rand(48, 24, 3, 3, generator=g) > 0.7).float(), cn=4, nn=8, b2=2,
+                                   unit="channel")
+    conv = RegroupedConv2d(weight * new_mask, info.blocks, "channel", 2, 1)
+    a, b = torch.randn(5, 24, 11, 11, generator=g), torch.randn(5, 24, 11, 11, generator=g)
+    with torch.no_grad():
+        out_a, out_b = conv(a), conv(b)
+    assert torch.allclose(out_a, F.conv2d(a, weight * new_mask, None, 2, 1), atol=1e-4)
+    assert torch.allclose(out_b, F.conv2d(b, weight * new_mask, None, 2, 1), atol=1e-4)
+    x = a.clone().requires_grad_()
+    conv(x).square().sum().backward()
+    y = a.clone().requires_grad_()
+    F.conv2d(y, weight * new_mask, None, 2, 1).square().sum().backward()
+    assert torch.allclose(x.grad, y.grad, atol=1e-3)

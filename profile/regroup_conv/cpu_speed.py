@@ -41,6 +41,8 @@ def get_args_parser():
     p.add_argument("--b2", type=int, default=16)
     p.add_argument("--t1", type=float, default=1.5)
     p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--memory_format", choices=["channels_last", "contiguous"], default="channels_last",
+                   help="tensor layout for dense and regrouped alike (oneDNN is fastest with channels_last)")
     return p
 
 
@@ -59,9 +61,10 @@ def alternate(fns, repeats):
 @torch.no_grad()
 def main(args):
     torch.manual_seed(0)
-    dense = build_model(args.arch, 10, 3).eval()
+    fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
+    dense = build_model(args.arch, 10, 3).eval().to(memory_format=fmt)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
-    x = torch.rand(shape)
+    x = torch.rand(shape).contiguous(memory_format=fmt)
     inputs = {}
     hooks = [m.register_forward_hook(lambda mod, i, o, n=n: inputs.__setitem__(n, i[0]))
              for n, m in dense.named_modules() if isinstance(m, torch.nn.Conv2d)]
@@ -69,7 +72,7 @@ def main(args):
     for h in hooks:
         h.remove()
     print(f"CPU, {torch.get_num_threads()} threads | torch {torch.__version__} | {args.arch}, input {shape}, "
-          f"unit channel, cn {args.cn} b2 {args.b2} t1 {args.t1} | medians of {args.repeats}, alternating")
+          f"{args.memory_format}, unit channel, cn {args.cn} b2 {args.b2} t1 {args.t1} | medians of {args.repeats}, alternating")
     for sparsity in args.sparsity:
         masked = copy.deepcopy(dense)
         ticket = global_magnitude_prune(masked, sparsity)
