@@ -100,7 +100,7 @@ def next_mask(model, data, args):
 
 def main(args):
     check_imp_args(args)
-    resume = resume_checkpoint(args, "{i}checkpoint.pth.tar") if args.resume else None
+    resume = resume_checkpoint(args, latest_checkpoint(args.save_dir), "{i}checkpoint.pth.tar") if args.resume else None
     if resume is None and latest_checkpoint(args.save_dir):
         raise UserError(f"--save_dir '{args.save_dir}' already holds a run ({os.path.basename(latest_checkpoint(args.save_dir))}); "
                         "pass --resume to continue it or choose another --save_dir")

@@ -143,6 +143,23 @@ def test_refill_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
     assert f"test {refilled['test_acc_at_best_val']:.2f}%" in ev.stdout
 
 
+def test_cut_off_retraining_resumes_from_its_save_dir_bit_exact(digits_imp_run, tmp_path):
+    """`--resume` alone finds the run's checkpoint.pth.tar in --save_dir; one
+    epoch then a resumed second equals two epochs in one go."""
+    ck1 = str(digits_imp_run / "1checkpoint.pth.tar")
+    common = ["--pretrained", ck1, "--mask_dir", ck1, "--save_model", "--seed", "3", "--decreasing_lr", "1"]
+
+    def retrain(save, *extra):
+        main_eval_fillback.main(main_eval_fillback.get_args_parser().parse_args(common + ["--save_dir", str(save), *extra]))
+        return load_file(str(save / "checkpoint.pth.tar"))
+
+    whole = retrain(tmp_path / "whole", "--epochs", "2")
+    retrain(tmp_path / "cut", "--epochs", "1")
+    resumed = retrain(tmp_path / "cut", "--epochs", "2", "--resume")
+    assert resumed["epoch"] == 2 and resumed["result"] == whole["result"] | {"seconds": resumed["result"]["seconds"]}
+    assert all(torch.equal(resumed["state_dict"][k], v) for k, v in whole["state_dict"].items())
+
+
 def test_imp_refill_rounds_are_channel_wise(tmp_path):
     save = tmp_path / "imp_refill"
     proc = run_script("main_imp.py", "--epochs", "1", "--pruning_times", "3", "--fillback", "--criteria", "saliency",

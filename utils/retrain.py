@@ -75,7 +75,8 @@ def retrain(args, script, restructure):
         return run_evaluation(args, *build(args))
     if not args.mask_dir:
         raise UserError("--mask_dir <checkpoint with masks> is required (e.g. a main_imp.py {i}checkpoint.pth.tar)")
-    resume = resume_checkpoint(args, "checkpoint.pth.tar") if args.resume else None
+    resume = resume_checkpoint(
+        args, checkpoint_file if os.path.exists(checkpoint_file) else None, "checkpoint.pth.tar") if args.resume else None
     if resume is None and os.path.exists(checkpoint_file):
         raise UserError(f"--save_dir '{args.save_dir}' already holds a run (checkpoint.pth.tar); "
                         "pass --resume to continue it or choose another --save_dir")

@@ -2,7 +2,7 @@
 import torch
 
 from models import build_model
-from utils.checkpoint import latest_checkpoint, load_file
+from utils.checkpoint import load_file
 from utils.datasets import load_dataset
 from utils.distributed import launch_context
 from utils.errors import UserError
@@ -32,10 +32,11 @@ def build(args):
     return device, data, model, dist_ctx
 
 
-def resume_checkpoint(args, name_hint):
-    """The checkpoint --resume continues: --checkpoint, else the latest in
-    --save_dir; UserError when there is none or it is not a run checkpoint."""
-    path = args.checkpoint or latest_checkpoint(args.save_dir)
+def resume_checkpoint(args, in_save_dir, name_hint):
+    """The checkpoint --resume continues: --checkpoint, else `in_save_dir`
+    (the script's own checkpoint found in --save_dir, or None); UserError
+    when there is none or it is not a run checkpoint."""
+    path = args.checkpoint or in_save_dir
     if path is None:
         raise UserError(f"--resume: no --checkpoint given and no {name_hint} in --save_dir '{args.save_dir}'")
     ckpt = load_file(path, "--resume checkpoint")
