@@ -15,6 +15,7 @@ is measured again on every invocation, on the device the runs used.
 """
 import argparse
 import contextlib
+import copy
 import json
 import os
 import statistics
@@ -31,14 +32,14 @@ import main_imp  # noqa: E402
 from models import build_model, model_names  # noqa: E402
 from models.regrouped import regroup_model  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
-from pruner.masking import load_weights  # noqa: E402
+from pruner.masking import load_weights, strip_masks  # noqa: E402
 from pruner.regroup import UNITS, LayerRegroup  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, state_dict_of  # noqa: E402
 from utils.datasets import dataset_names, load_dataset  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
-from utils.layer_bench import environment_line, median_seconds  # noqa: E402
+from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 METHODS = ("imp", "imp_refill", "imp_refill_plus", "imp_regroup", "refill", "refill_plus", "regroup")
@@ -47,8 +48,8 @@ LABELS = {"imp": "IMP", "imp_refill": "IMP-Refill", "imp_refill_plus": "IMP-Refi
 # How a method's tickets are timed: masked at dense speed, physically slimmed, or as regrouped blocks.
 STRUCTURE = {"imp": "unstructured", "imp_refill": "channel", "imp_refill_plus": "channel", "imp_regroup": "blocks",
              "refill": "channel", "refill_plus": "channel", "regroup": "blocks"}
-QUICK = {"pruning_times": 5, "epochs": 5, "bench_repeats": 3}
-FULL = {"pruning_times": 8, "epochs": 15, "bench_repeats": 7}  # states and epochs: main_imp.py's defaults
+QUICK = {"pruning_times": 5, "epochs": 5, "bench_repeats": 5}
+FULL = {"pruning_times": 8, "epochs": 15, "bench_repeats": 15}  # states and epochs: main_imp.py's defaults
 DEFINITIONS = {
     "sparsity": "share of the pruned convolutions' weights that are zero (stem and classifier excluded)",
     "remaining_weights_pct": "100 x (1 - sparsity)",
@@ -243,8 +244,10 @@ def structured_model(masked, path, structure, args, spec, x):
     """(model to time, how it runs) for the ticket `masked` (loaded from
     `path`); slimmed and regrouped models are checked against it."""
     mask = Mask.from_model(masked)
-    if not mask or structure == "unstructured":
-        return masked, "dense" if not mask else "masked (dense kernels)"
+    if not mask:
+        return masked, "dense"
+    if structure == "unstructured":  # zeros in dense weights: what an unstructured ticket runs as
+        return strip_masks(copy.deepcopy(masked)), "dense kernels, zeroed weights"
     if structure == "channel":
         model, how = slim(masked), "slimmed"
     else:
@@ -252,6 +255,7 @@ def structured_model(masked, path, structure, args, spec, x):
         # As profile/end_to_end.py does: on the CPU a layer keeps its dense convolution where blocks time slower.
         model, choice = regroup_model(ticket_model(path, args, spec), infos, args.regroup_unit,
                                       x if x.device.type == "cpu" else None, repeats=args.bench_repeats)
+        strip_masks(model)  # layers left without blocks run as plain convolutions on their zeroed weights
         counts = {kind: sum(c == kind for c in choice.values()) for kind in ("regrouped", "dense (faster)", "no block")}
         how = "regrouped (layers: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + ")"
     diff = (model(x.cpu()) - masked(x.cpu())).abs().max().item()
@@ -271,8 +275,8 @@ def measure(path, structure, args, spec, device, dense):
     model, how = structured_model(masked, path, structure, args, spec, x)
     flops = model_flops(model.cpu(), one)
     model.to(device)
-    dense_s = median_seconds(lambda: dense(x), device, args.bench_repeats, warmup=2)
-    ticket_s = median_seconds(lambda: model(x), device, args.bench_repeats, warmup=2)
+    medians = alternating_medians({"dense": lambda: dense(x), "ticket": lambda: model(x)}, device, args.bench_repeats)
+    dense_s, ticket_s = medians["dense"], medians["ticket"]
     return {"timed_as": how, "dense_ms": 1e3 * dense_s, "ms": 1e3 * ticket_s, "speedup": dense_s / ticket_s,
             "flops_per_image": flops, "ideal_flops_per_image": ideal}
 

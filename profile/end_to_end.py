@@ -9,6 +9,7 @@ model it implements; FLOPs per image are printed beside the times.
 """
 import argparse
 import copy
+import functools
 import os
 import sys
 
@@ -26,7 +27,7 @@ from pruner.slim import slim  # noqa: E402
 from utils.checkpoint import load_file, plain_weights, state_dict_of  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
-from utils.layer_bench import environment_line, median_seconds  # noqa: E402
+from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 
@@ -90,6 +91,7 @@ def main(args):
     # input; on a GPU every layer with blocks runs the kernel (the per-layer table is conv.py's job).
     regrouped, choice = regroup_model(copied(regroup_reference), infos, args.regroup_unit,
                                       x if device.type == "cpu" else None)
+    strip_masks(regrouped)  # its layers without blocks run as plain convolutions on the zeroed weights
 
     variants = {  # name: (model, model it must equal, FLOPs per image)
         "dense": (dense, None, model_flops(dense, one)),
@@ -104,17 +106,19 @@ def main(args):
           f"{sum(c == 'regrouped' for c in choice.values())} run as blocks)")
     print(f"{'variant':<24} {'ms':>9} {'speedup':>8} {'MFLOPs/img':>11} {'max |diff|':>11}")
     x = x.to(device)
-    base = None
-    for name, (model, reference, flops) in variants.items():
-        model = model.to(device).eval()
-        diff = float("nan")
+    diffs = {}
+    for name, (model, reference, _) in variants.items():
+        model.to(device).eval()
+        diffs[name] = float("nan")
         if reference is not None:
-            diff = (model(x) - reference.to(device).eval()(x)).abs().max().item()
-            if diff > 1e-3:
-                raise UserError(f"{name} differs from the masked model it implements by {diff:.2e}")
-        seconds = median_seconds(lambda: model(x), device, args.repeats)
-        base = base or seconds
-        print(f"{name:<24} {1e3 * seconds:9.2f} {base / seconds:7.2f}x {flops / 1e6:11.2f} {diff:11.1e}")
+            diffs[name] = (model(x) - reference.to(device).eval()(x)).abs().max().item()
+            if diffs[name] > 1e-3:
+                raise UserError(f"{name} differs from the masked model it implements by {diffs[name]:.2e}")
+    seconds = alternating_medians({name: functools.partial(model, x) for name, (model, _, _) in variants.items()},
+                                  device, args.repeats)
+    for name, (_, _, flops) in variants.items():
+        print(f"{name:<24} {1e3 * seconds[name]:9.2f} {seconds['dense'] / seconds[name]:7.2f}x {flops / 1e6:11.2f} "
+              f"{diffs[name]:11.1e}")
 
 
 def copied(model):

@@ -16,9 +16,7 @@ most the slimmed model can reach, whatever is done about the rest.
 """
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,6 +29,7 @@ from pruner.masking import apply_mask  # noqa: E402
 from pruner.refill import refill  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
+from utils.layer_bench import alternating_medians  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 
@@ -59,16 +58,6 @@ def conv_and_rest_seconds(model, x, passes=3):
     return conv, total - conv
 
 
-def timed(model, x, device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    tic = time.perf_counter()
-    model(x)
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - tic
-
-
 @torch.no_grad()
 def main(args):
     device = select_device(args.gpu)
@@ -93,13 +82,8 @@ def main(args):
         diff = (slimmed(x) - ref).abs().max().item()
         kept = sum(int(m.flatten(1).amax(1).sum()) for m in mask.values()) / sum(m.shape[0] for m in mask.values())
         d = dense.to(device, memory_format=fmt)
-        for _ in range(3):  # warm-up
-            d(x), slimmed(x)
-        times = {"dense": [], "slim": []}
-        for _ in range(args.repeats):
-            times["dense"].append(timed(d, x, device))
-            times["slim"].append(timed(slimmed, x, device))
-        t_dense, t_slim = statistics.median(times["dense"]), statistics.median(times["slim"])
+        medians = alternating_medians({"dense": lambda: d(x), "slim": lambda: slimmed(x)}, device, args.repeats, warmup=3)
+        t_dense, t_slim = medians["dense"], medians["slim"]
         flops_ratio = dense_flops / model_flops(slimmed.cpu(), shape)
         slimmed.to(device, memory_format=fmt)
         speedup = t_dense / t_slim

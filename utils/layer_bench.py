@@ -55,24 +55,37 @@ def load_layer(args):
     return weight.float(), geometry
 
 
-def median_seconds(fn, device, repeats, warmup=5):
-    """Median wall time of fn() after warm-up; CUDA runs are timed with events."""
-    for _ in range(warmup):
+def seconds_of(fn, device):
+    """Wall time of one fn() call; CUDA runs are timed with events."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         fn()
-    times = []
+        end.record()
+        torch.cuda.synchronize()
+        return start.elapsed_time(end) / 1e3
+    tic = time.perf_counter()
+    fn()
+    return time.perf_counter() - tic
+
+
+def alternating_medians(fns, device, repeats, warmup=2):
+    """{name: median seconds} of the callables in `fns`, timed in turn
+    (one call of each per round, `repeats` rounds after `warmup`), so that
+    a slow spell of a shared machine hits all of them alike."""
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            fn()
-            end.record()
-            torch.cuda.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
-        else:
-            tic = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+        for name, fn in fns.items():
+            times[name].append(seconds_of(fn, device))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+def median_seconds(fn, device, repeats, warmup=5):
+    """Median wall time of fn() after warm-up."""
+    return alternating_medians({"fn": fn}, device, repeats, warmup)["fn"]
 
 
 def environment_line(device):

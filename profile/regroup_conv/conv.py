@@ -22,7 +22,7 @@ import torch.nn.functional as F  # noqa: E402
 from models.regrouped import RegroupedConv2d  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_layer  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.layer_bench import add_shape_args, environment_line, load_layer, median_seconds  # noqa: E402
+from utils.layer_bench import add_shape_args, environment_line, load_layer, alternating_medians  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 MAX_RELATIVE_ERROR = 1e-4  # fp32
@@ -79,9 +79,9 @@ def main(args):
     path = "CUDA kernel" if device.type == "cuda" else "CPU path"
     if not error < MAX_RELATIVE_ERROR:
         raise UserError(f"the {path} disagrees with F.conv2d: relative error {error:.2e} >= {MAX_RELATIVE_ERROR:g}")
-    t_regroup = median_seconds(lambda: conv(x), device, args.repeats)
-    t_dense = median_seconds(lambda: F.conv2d(x, regrouped_weight, None, geo["stride"], geo["padding"]), device,
-                             args.repeats)
+    medians = alternating_medians({"regroup": lambda: conv(x), "dense": lambda: F.conv2d(
+        x, regrouped_weight, None, geo["stride"], geo["padding"])}, device, args.repeats, warmup=5)
+    t_regroup, t_dense = medians["regroup"], medians["dense"]
     vendor = "cuDNN" if device.type == "cuda" else "oneDNN"
     print(environment_line(device))
     print(f"{args.kernel_file}: weight {tuple(weight.shape)}, input {tuple(x.shape)}, stride {geo['stride']}, "
