@@ -10,18 +10,20 @@ the masked model's outputs (checked); timings alternate dense / slimmed,
 after warm-up, and report medians. Speedup / FLOPs ratio near 1 means the
 slimmed model is as fast as its FLOPs promise.
 
-On the CPU a second table splits one profiled forward pass of each model
-into convolution time and the rest: the convolutions' own speedup is the
+On the CPU a second table splits a forward pass of each model into the
+time spent in conv2d calls and the rest: the convolutions' own speedup is the
 most the slimmed model can reach, whatever is done about the rest.
 """
 import argparse
 import os
+import statistics
 import sys
+import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from torch.profiler import ProfilerActivity, profile  # noqa: E402
+from torch.overrides import TorchFunctionMode  # noqa: E402
 
 from models import build_model  # noqa: E402
 from pruner.magnitude import global_magnitude_prune  # noqa: E402
@@ -47,15 +49,36 @@ def get_args_parser():
     return p
 
 
-def conv_and_rest_seconds(model, x, passes=3):
-    """(seconds in convolutions, seconds in everything else) per forward pass, from the profiler."""
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(passes):
+class ConvClock(TorchFunctionMode):
+    """Adds up the wall time of every conv2d call made while it is active
+    (module or functional, so slimmed blocks' convolutions count too)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = 0.0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func is not torch.conv2d:
+            return func(*args, **(kwargs or {}))
+        tic = time.perf_counter()
+        out = func(*args, **(kwargs or {}))
+        self.seconds += time.perf_counter() - tic
+        return out
+
+
+def conv_and_rest_seconds(model, x, passes=5):
+    """(seconds in convolutions, seconds in everything else) per CPU forward
+    pass, medians of `passes` after one warm-up pass."""
+    model(x)
+    conv, rest = [], []
+    for _ in range(passes):
+        with ConvClock() as clock:
+            tic = time.perf_counter()
             model(x)
-    events = prof.key_averages()
-    total = sum(e.self_cpu_time_total for e in events) / passes / 1e6
-    conv = sum(e.cpu_time_total for e in events if e.key == "aten::convolution") / passes / 1e6
-    return conv, total - conv
+            total = time.perf_counter() - tic
+        conv.append(clock.seconds)
+        rest.append(total - clock.seconds)
+    return statistics.median(conv), statistics.median(rest)
 
 
 @torch.no_grad()
@@ -92,7 +115,7 @@ def main(args):
         if device.type == "cpu":
             split_rows.append((sparsity, flops_ratio, conv_and_rest_seconds(d, x), conv_and_rest_seconds(slimmed, x)))
     if split_rows:
-        print("\nprofiled forward pass (ms): convolutions | everything else")
+        print("\none forward pass split (ms, medians): convolutions | everything else")
         print(f"{'sparsity':>8} {'dense conv':>10} {'slim conv':>9} {'conv speedup':>12} {'conv speedup/FLOPs':>18} "
               f"{'dense rest':>10} {'slim rest':>9}")
         for sparsity, flops_ratio, (dense_conv, dense_rest), (slim_conv, slim_rest) in split_rows:
