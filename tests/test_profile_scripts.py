@@ -86,3 +86,22 @@ def test_mask_pictures(digits_imp_run, tmp_path, cli_error):
     pictures = load_script("experiments/mask_pictures.py")
     line = cli_error(pictures, [str(digits_imp_run / "1checkpoint.pth.tar"), "--layer", "fc", "--out", str(out)])
     assert "no masked layer 'fc'" in line
+
+
+def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
+    """Both CPU benchmarks on small inputs: every row checked (max |diff| 0
+    within float noise), ratios and the conv/rest split printed."""
+    slim_speed = run_script("profile/slim_speed.py", "--arch", "res20s", "--batch_size", "8", "--image_size", "8",
+                            "--sparsity", "0.5", "--repeats", "2")
+    assert slim_speed.returncode == 0, slim_speed.stderr
+    lines = slim_speed.stdout.splitlines()
+    row = next(line.split() for line in lines if line.strip().startswith("50%"))
+    assert float(row[-1]) < 1e-4 and row[4].endswith("x") and row[5].endswith("x")
+    split = [line.split() for line in lines if line.strip().startswith("50%")][1]
+    assert float(split[1]) > 0 and float(split[2]) > 0  # dense and slim conv milliseconds
+    assert "GPU" not in slim_speed.stderr  # no profiler start-up noise
+    cpu_speed = run_script("profile/regroup_conv/cpu_speed.py", "--batch_size", "4", "--image_size", "16",
+                           "--sparsity", "0.93", "--repeats", "1")
+    assert cpu_speed.returncode == 0, cpu_speed.stderr
+    ends = [line for line in cpu_speed.stdout.splitlines() if "end to end" in line]
+    assert len(ends) == 2 and all("max |diff|" in line and float(line.split()[-1]) < 1e-3 for line in ends)
