@@ -14,9 +14,7 @@ reference. Sparsities are chosen so the regrouped masks keep about 30% and
 import argparse
 import copy
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -29,6 +27,7 @@ from pruner.magnitude import global_magnitude_prune  # noqa: E402
 from pruner.masking import apply_mask, refresh_masked_weights  # noqa: E402
 from pruner.regroup import regroup_mask  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
+from utils.layer_bench import alternating_medians  # noqa: E402
 
 
 def get_args_parser():
@@ -46,16 +45,7 @@ def get_args_parser():
     return p
 
 
-def alternate(fns, repeats):
-    """Median seconds of each callable, run in turns after one warm-up round."""
-    times = {k: [] for k in fns}
-    for r in range(repeats + 1):
-        for k, fn in fns.items():
-            tic = time.perf_counter()
-            fn()
-            if r:
-                times[k].append(time.perf_counter() - tic)
-    return {k: statistics.median(v) for k, v in times.items()}
+CPU = torch.device("cpu")  # this benchmark measures the CPU path
 
 
 @torch.no_grad()
@@ -93,8 +83,8 @@ def main(args):
             ref = F.conv2d(xin, weight, None, conv.stride, conv.padding)
             assert torch.allclose(layer(xin), ref, atol=1e-4, rtol=1e-4), name
             full = dense.get_submodule(name).weight
-            t = alternate({"dense": lambda: F.conv2d(xin, full, None, conv.stride, conv.padding),
-                           "regroup": lambda: layer(xin)}, args.repeats)
+            t = alternating_medians({"dense": lambda: F.conv2d(xin, full, None, conv.stride, conv.padding),
+                                     "regroup": lambda: layer(xin)}, CPU, args.repeats, warmup=1)
             print(f"  {name:<22} {100 * info.density_after:5.1f}% {len(info.blocks):6d} {1e3 * t['dense']:9.2f} "
                   f"{1e3 * t['regroup']:10.2f} {t['dense'] / t['regroup']:7.2f}x {1 / max(info.density_after, 1e-9):10.2f}x")
         one = (1,) + shape[1:]
@@ -102,7 +92,7 @@ def main(args):
         for tuned in (False, True):
             regrouped, choice = regroup_model(copy.deepcopy(masked), infos, "channel", x if tuned else None)
             diff = (regrouped(x) - masked(x)).abs().max().item()
-            t = alternate({"dense": lambda: dense(x), "regroup": lambda: regrouped(x)}, args.repeats)
+            t = alternating_medians({"dense": lambda: dense(x), "regroup": lambda: regrouped(x)}, CPU, args.repeats, warmup=1)
             how = (f"timed per layer: {sum(c == 'regrouped' for c in choice.values())} regrouped, "
                    f"{sum(c == 'dense (faster)' for c in choice.values())} kept dense") if tuned else "every layer with blocks"
             print(f"  end to end ({how}): dense {1e3 * t['dense']:.1f} ms, regrouped {1e3 * t['regroup']:.1f} ms, "
