@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.layer_bench import median_seconds
+from utils.layout import is_channels_last, memory_format_of
 
 
 class RegroupedConv2d(nn.Module):
@@ -150,8 +151,7 @@ class RegroupedConv2d(nn.Module):
         if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in self.block_weights)):
             return None
         n, _, h, w = x.shape
-        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-            else torch.contiguous_format
+        fmt = memory_format_of(x)
         key = (n, channels, h, w, x.dtype, x.device, fmt)
         if getattr(self, "_buffer_key", None) != key:
             self._buffer = torch.empty((n, channels, h, w), dtype=x.dtype, device=x.device, memory_format=fmt)
@@ -237,7 +237,7 @@ def select_channels(x, index, out=None):
     gathered through its [pixels, channels] view with torch.gather, several
     times faster there than a 4-D or 2-D index_select."""
     n, c, h, w = x.shape
-    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+    if is_channels_last(x):
         flat = x.permute(0, 2, 3, 1).reshape(-1, c)
         dest = None if out is None else out.permute(0, 2, 3, 1).view(-1, len(index))
         picked = torch.gather(flat, 1, index.expand(flat.shape[0], -1), out=dest)

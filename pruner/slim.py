@@ -36,6 +36,7 @@ from models.vgg import VGG
 from pruner.masking import refresh_masked_weights, strip_masks
 from pruner.refill import is_channel_wise, kept_rows
 from utils.errors import UserError
+from utils.layout import is_channels_last, memory_format_of
 
 
 class SlimConv(nn.Module):
@@ -90,7 +91,7 @@ class SlimConv(nn.Module):
     def _scatter(self, y):
         """Kept channels into a zero tensor of full width, in y's memory format."""
         n, _, h, w = y.shape
-        if y.is_contiguous(memory_format=torch.channels_last) and not y.is_contiguous():
+        if is_channels_last(y):
             full = y.new_zeros(n, h, w, self.out_channels)  # NHWC storage: channels are the last dim
             full.index_copy_(3, self.out_index, y.permute(0, 2, 3, 1))
             return full.permute(0, 3, 1, 2)
@@ -126,8 +127,7 @@ def _index_add_channels(out, index, y):
     when both are channels-last (4-D index_add_ there is ~6x slower)."""
     if index is None:
         return out.add_(y)
-    cl = torch.channels_last
-    if out.is_contiguous(memory_format=cl) and y.is_contiguous(memory_format=cl) and not y.is_contiguous():
+    if is_channels_last(out) and is_channels_last(y):
         out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]).index_add_(1, index, y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]))
         return out
     return out.index_add_(1, index, y)
@@ -191,8 +191,8 @@ class SlimResidualBlock(nn.Module):
         else:
             s = self.downsample(x)
             n, _, h, w = s.shape
-            fmt = torch.channels_last if s.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-            out = torch.empty((n, self.out_channels, h, w), dtype=s.dtype, device=s.device, memory_format=fmt)
+            out = torch.empty((n, self.out_channels, h, w), dtype=s.dtype, device=s.device,
+                              memory_format=memory_format_of(s))
             if self.constants is not None:
                 out.copy_(self.constants.expand_as(out))
             else:
