@@ -100,9 +100,10 @@ def next_mask(model, data, args):
 
 def main(args):
     check_imp_args(args)
-    resume = resume_checkpoint(args, latest_checkpoint(args.save_dir), "{i}checkpoint.pth.tar") if args.resume else None
-    if resume is None and latest_checkpoint(args.save_dir):
-        raise UserError(f"--save_dir '{args.save_dir}' already holds a run ({os.path.basename(latest_checkpoint(args.save_dir))}); "
+    existing = latest_checkpoint(args.save_dir)
+    resume = resume_checkpoint(args, existing, "{i}checkpoint.pth.tar") if args.resume else None
+    if resume is None and existing:
+        raise UserError(f"--save_dir '{args.save_dir}' already holds a run ({os.path.basename(existing)}); "
                         "pass --resume to continue it or choose another --save_dir")
     device, data, model, dist_ctx = build(args)
     is_main = dist_ctx is None or dist_ctx.is_main

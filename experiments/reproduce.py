@@ -240,7 +240,7 @@ def blocks_from_mask(layer_mask, unit, max_blocks):
 
 
 @torch.no_grad()
-def structured_model(masked, path, structure, args, spec, x):
+def structured_model(masked, path, structure, args, x):
     """(model to time, how it runs) for the ticket `masked` (loaded from
     `path`); slimmed and regrouped models are checked against it."""
     mask = Mask.from_model(masked)
@@ -253,7 +253,7 @@ def structured_model(masked, path, structure, args, spec, x):
     else:
         infos = {name: blocks_from_mask(m, args.regroup_unit, args.cn) for name, m in mask.items()}
         # As profile/end_to_end.py does: on the CPU a layer keeps its dense convolution where blocks time slower.
-        model, choice = regroup_model(ticket_model(path, args, spec), infos, args.regroup_unit,
+        model, choice = regroup_model(copy.deepcopy(masked), infos, args.regroup_unit,
                                       x if x.device.type == "cpu" else None, repeats=args.bench_repeats)
         strip_masks(model)  # layers left without blocks run as plain convolutions on their zeroed weights
         counts = {kind: sum(c == kind for c in choice.values()) for kind in ("regrouped", "dense (faster)", "no block")}
@@ -272,7 +272,7 @@ def measure(path, structure, args, spec, device, dense):
     one = (1, spec.in_channels, spec.image_size, spec.image_size)
     masked = ticket_model(path, args, spec)
     ideal = sum(row["m"] for row in masked_flops(masked, one, {"m": Mask.from_model(masked)}).values())
-    model, how = structured_model(masked, path, structure, args, spec, x)
+    model, how = structured_model(masked, path, structure, args, x)
     flops = model_flops(model.cpu(), one)
     model.to(device)
     medians = alternating_medians({"dense": lambda: dense(x), "ticket": lambda: model(x)}, device, args.bench_repeats)

@@ -183,9 +183,9 @@ class RegroupedConv2d(nn.Module):
             weight[g * row_count: g * row_count + len(rows), :len(cols)] = w.float()
             gather.append(torch.cat([cols, cols[:1].repeat(col_count - len(cols))]))  # pads meet zero weights
             source[rows] = g * row_count + torch.arange(len(rows))
-        if covered < self.out_channels:
-            padded_rows = [g * row_count + row_count - 1 for g, (rows, _, _) in enumerate(groups) if len(rows) < row_count]
-            source[source < 0] = padded_rows[0]
+        if covered < self.out_channels:  # the last row of the first group with room is all zero
+            g = next(g for g, (rows, _, _) in enumerate(groups) if len(rows) < row_count)
+            source[source < 0] = g * row_count + row_count - 1
         self._group_rows = row_count
         self._plan = (torch.cat(gather).to(x.device), weight.to(x.device, x.dtype).contiguous(memory_format=torch.channels_last),
                       source.to(x.device))
