@@ -40,6 +40,7 @@ from utils.datasets import dataset_names, load_dataset  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
 from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
+from utils.report import read_summary, write_json  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 METHODS = ("imp", "imp_refill", "imp_refill_plus", "imp_regroup", "refill", "refill_plus", "regroup")
@@ -140,14 +141,6 @@ def claim_out_dir(args):
 
 
 # ---- running the entry scripts ------------------------------------------------------------------------------
-
-def read_summary(save_dir):
-    path = os.path.join(save_dir, "summary.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)
-
 
 def run_script(module, argv, save_dir, finished, what):
     """The script's main on argv (+ --save_dir), unless its summary already
@@ -405,9 +398,7 @@ def main(args):
         "seconds": time.perf_counter() - tic,
     }
     path = os.path.join(args.out, "results.json")
-    with open(path + ".part", "w") as f:  # a run killed while writing leaves the previous results.json intact
-        json.dump(results, f, indent=1)
-    os.replace(path + ".part", path)
+    write_json(path, results)
     draw(results, args.out)
     print("\n" + environment_line(device))
     print(table(results))

@@ -24,15 +24,28 @@ def environment(device):
             "cpu_threads": torch.get_num_threads()}
 
 
-def write_summary(save_dir, summary):
-    path = os.path.join(save_dir, "summary.json")
+def write_json(path, obj):
+    """Write obj to path atomically: a run killed while writing leaves the previous file intact."""
     tmp = path + ".part"
     with open(tmp, "w") as f:
-        json.dump(summary, f, indent=1)
+        json.dump(obj, f, indent=1)
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
     return path
+
+
+def write_summary(save_dir, summary):
+    return write_json(os.path.join(save_dir, "summary.json"), summary)
+
+
+def read_summary(save_dir):
+    """A run's summary.json, or None when it has none yet."""
+    path = os.path.join(save_dir, "summary.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
 
 
 def plot_states(save_dir, states, title):
