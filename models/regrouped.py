@@ -6,6 +6,13 @@ rows are output channels; a column is one (input channel, tap) position for
 unit "weight", or one whole input channel for unit "channel". Rows outside
 every block are all zero.
 
+Kernels (`kernel=`): "triton" (models/regrouped_triton.py, the default on
+CUDA tensors; CPU tensors too under TRITON_INTERPRET=1), "cuda" (the simple
+CUDA C reference, profile/regroup_conv/regroup_conv.cu, fp32), "cpu" (the
+CPU paths below, the default on CPU tensors). Gradients of the Triton path
+go through the masked dense convolution (torch.nn.grad), so a regrouped
+model can be fine-tuned on a GPU.
+
 CPU paths (also the reference for GPU kernels):
 - channel: one grouped convolution, a group per block (blocks that share
   their input channels merged, every group padded with zero weights to the
@@ -22,23 +29,30 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.layer_bench import median_seconds
+from models import regrouped_triton
+from utils.layer_bench import alternating_medians
 from utils.layout import is_channels_last, memory_format_of
 
 
+KERNELS = ("auto", "triton", "cuda", "cpu")
+
+
 class RegroupedConv2d(nn.Module):
-    def __init__(self, weight, blocks, unit="weight", stride=1, padding=0, dilation=1, bias=None):
+    def __init__(self, weight, blocks, unit="weight", stride=1, padding=0, dilation=1, bias=None, kernel="auto"):
         super().__init__()
         if weight.dim() != 4:
             raise ValueError(f"weight must be 4-D [c_out, c_in, kh, kw], got shape {tuple(weight.shape)}")
         if unit not in ("weight", "channel"):
             raise ValueError(f"unit must be 'weight' or 'channel', got '{unit}'")
-        self.unit = unit
+        if kernel not in KERNELS:
+            raise ValueError(f"unknown kernel '{kernel}'; valid: {', '.join(KERNELS)}")
+        self.unit, self.kernel = unit, kernel
+        self.triton_config = None  # None: tuned per shape on a GPU; a dict of BLOCK_M, BLOCK_K, num_warps, num_stages fixes it
         self.out_channels, self.in_channels, kh, kw = weight.shape
         self.kernel_size = (kh, kw)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone())
-        flat = weight.detach().reshape(self.out_channels, self.in_channels, kh * kw)
+        flat = weight.detach().cpu().reshape(self.out_channels, self.in_channels, kh * kw)  # tables are built on the CPU
         self.block_rows, self.block_cols, self.block_weights = [], [], nn.ParameterList()
         for i, (rows, cols) in enumerate(blocks):
             rows, cols = torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)
@@ -58,6 +72,7 @@ class RegroupedConv2d(nn.Module):
             # A layer regroup left without blocks keeps its unstructured mask: use a masked nn.Conv2d for it.
             raise ValueError(f"the weight has {int((nonzero & ~covered).sum())} nonzero {unit} columns outside "
                              f"the {self.num_blocks} block(s); regrouped convolutions compute blocks only")
+        self.to(weight.device)
 
     def blocks(self):
         return [(getattr(self, f"rows{i}"), getattr(self, f"cols{i}"), self.block_weights[i])
@@ -108,8 +123,23 @@ class RegroupedConv2d(nn.Module):
         (sh, sw), (ph, pw), (dh, dw) = self.stride, self.padding, self.dilation
         return (h + 2 * ph - dh * (kh - 1) - 1) // sh + 1, (w + 2 * pw - dw * (kw - 1) - 1) // sw + 1
 
+    def kernel_for(self, x):
+        """The kernel that runs on x: `self.kernel`, or for "auto" Triton on
+        CUDA tensors and the CPU path on CPU tensors."""
+        kernel = self.kernel if self.kernel != "auto" else ("triton" if x.is_cuda else "cpu")
+        if kernel == "triton":
+            reason = regrouped_triton.unavailable_reason(x.device)
+            if reason:
+                raise RuntimeError(reason)
+        elif (kernel == "cuda") != x.is_cuda:
+            raise RuntimeError(f"the '{kernel}' kernel cannot run on a {x.device.type} tensor")
+        return kernel
+
     def forward(self, x):
-        if x.is_cuda:
+        kernel = self.kernel_for(x)
+        if kernel == "triton":
+            return self._forward_triton(x)
+        if kernel == "cuda":
             return self._forward_cuda(x)
         n, _, h, w = x.shape
         oh, ow = self.output_size(h, w)
@@ -131,6 +161,54 @@ class RegroupedConv2d(nn.Module):
         if self.bias is not None:
             out = out + self.bias.view(1, -1, 1, 1)
         return out
+
+    def dense_weight(self):
+        """The regrouped weight [c_out, c_in, kh, kw], zeros outside the blocks
+        (differentiable: its gradient gathers into the block weights)."""
+        return self.scatter_blocks(list(self.block_weights))
+
+    def scatter_blocks(self, per_block):
+        """Tensors shaped like the block weights (the weights, their gradients),
+        placed into one [c_out, c_in, kh, kw] tensor, zeros elsewhere."""
+        kh, kw = self.kernel_size
+        dense = per_block[0].new_zeros(self.out_channels, self.in_channels, kh, kw) if per_block else None
+        for (rows, cols, _), values in zip(self.blocks(), per_block):
+            if self.unit == "channel":
+                dense = dense.index_put((rows[:, None], cols[None, :]), values)
+            else:
+                dense = dense.view(self.out_channels, -1).index_put((rows[:, None], cols[None, :]), values).view_as(dense)
+        return dense
+
+    def triton_state(self, device, dtype):
+        """(structure, device tables, packed weights, fp32 bias or None) for the
+        Triton kernel; tables are built once per device, weights repacked only
+        when they or the dtype change."""
+        if getattr(self, "_triton_structure", None) is None:
+            self._triton_structure = regrouped_triton.build_structure(
+                [(r.cpu(), c.cpu()) for r, c, _ in self.blocks()], self.unit, self.out_channels, self.in_channels,
+                self.kernel_size, self.dilation)
+        if getattr(self, "_triton_tables_device", None) != device:
+            self._triton_tables = regrouped_triton.device_tables(self._triton_structure, device, self.out_channels)
+            self._triton_tables_device = device
+        key = (device, dtype, self._version, None if self.bias is None else self.bias._version)
+        if getattr(self, "_triton_weights_key", None) != key:
+            self._triton_weights = regrouped_triton.pack_weights(
+                self._triton_structure, [w for _, _, w in self.blocks()], dtype, device)
+            self._triton_bias = None if self.bias is None else self.bias.detach().to(device, torch.float32).contiguous()
+            self._triton_weights_key = key
+        return self._triton_structure, self._triton_tables, self._triton_weights, self._triton_bias
+
+    def _forward_triton(self, x, out=None):
+        structure, tables, weights, bias = self.triton_state(x.device, x.dtype)
+
+        def run(inp):
+            return regrouped_triton.conv_forward(inp, weights, tables, structure, bias, self.out_channels,
+                                                 self.stride, self.padding, out, self.triton_config)
+        params = list(self.block_weights) + ([self.bias] if self.bias is not None else [])
+        if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
+            return _TritonConvFunction.apply(x, self.dense_weight(), self.bias, run,
+                                             (self.stride, self.padding, self.dilation))
+        return run(x)
 
     def _forward_cuda(self, x):
         key = (x.device, self._version)
@@ -194,15 +272,41 @@ class RegroupedConv2d(nn.Module):
 
     @property
     def _version(self):
-        return tuple(w._version for w in self.block_weights)
+        return tuple((w._version, w.data_ptr()) for w in self.block_weights)  # in-place updates and replaced tensors
 
     @classmethod
-    def from_conv(cls, conv, blocks, unit="weight"):
+    def from_conv(cls, conv, blocks, unit="weight", kernel="auto"):
         """From an nn.Conv2d (groups=1) and the blocks of its regrouped mask."""
         if conv.groups != 1:
             raise ValueError("regrouped convolutions need groups=1")
         weight = conv.weight_orig * conv.weight_mask if hasattr(conv, "weight_mask") else conv.weight
-        return cls(weight, blocks, unit, conv.stride, conv.padding, conv.dilation, conv.bias)
+        return cls(weight, blocks, unit, conv.stride, conv.padding, conv.dilation, conv.bias, kernel)
+
+
+class _TritonConvFunction(torch.autograd.Function):
+    """Forward by the Triton kernel; backward through the regrouped weight's
+    dense convolution (zeros outside the blocks get no gradient: the scatter
+    in dense_weight gathers only block entries back)."""
+
+    @staticmethod
+    def forward(ctx, x, dense_weight, bias, run, geometry):
+        ctx.save_for_backward(x, dense_weight)
+        ctx.geometry, ctx.has_bias = geometry, bias is not None
+        return run(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.geometry
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(x.shape, weight.to(grad.dtype), grad, stride, padding, dilation)
+        if ctx.needs_input_grad[1]:
+            grad_w = torch.nn.grad.conv2d_weight(x.to(grad.dtype), weight.shape, grad, stride, padding,
+                                                 dilation).to(weight.dtype)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = grad.float().sum((0, 2, 3))
+        return grad_x, grad_w, grad_b, None, None
 
 
 @functools.lru_cache(maxsize=None)
@@ -250,22 +354,22 @@ def _pair(v):
 
 
 @torch.no_grad()
-def regroup_model(model, infos, unit="weight", example_input=None, repeats=5):
+def regroup_model(model, infos, unit="weight", example_input=None, repeats=5, kernel="auto"):
     """Replace every masked convolution that regroup gave blocks (`infos`
     from pruner.regroup.regroup_mask) by a RegroupedConv2d; layers without a
     block keep their masked convolution. With `example_input`, each layer is
-    first timed on its real input (median of `repeats`) and keeps its masked
-    dense convolution where the block path is slower. Modifies `model`;
-    returns it and {layer: "regrouped" | "dense (faster)" | "no block"}."""
+    first timed on its real input and keeps its masked dense convolution where
+    the block path is slower (on a GPU: CUDA-graph replays, so Python's launch
+    overhead does not decide; on the CPU: alternating medians of `repeats`).
+    Modifies `model`; returns it and {layer: "regrouped" | "dense (faster)" | "no block"}."""
     modules = dict(model.named_modules())
-    candidates = {name: RegroupedConv2d.from_conv(modules[name], info.blocks, unit)
+    candidates = {name: RegroupedConv2d.from_conv(modules[name], info.blocks, unit, kernel)
                   for name, info in infos.items() if not info.kept_mask and info.blocks}
     inputs = _layer_inputs(model, candidates, example_input) if example_input is not None else {}
     choice = {name: "no block" for name in infos}
     for name, regrouped in candidates.items():
         x = inputs.get(name)
-        if x is not None and median_seconds(lambda: modules[name](x), x.device, repeats, warmup=1) < \
-                median_seconds(lambda: regrouped(x), x.device, repeats, warmup=1):
+        if x is not None and _dense_is_faster(modules[name], regrouped, x, repeats):
             choice[name] = "dense (faster)"
             continue
         parent_name, _, attr = name.rpartition(".")
@@ -273,6 +377,19 @@ def regroup_model(model, infos, unit="weight", example_input=None, repeats=5):
         setattr(parent, attr, regrouped)
         choice[name] = "regrouped"
     return model, choice
+
+
+def _dense_is_faster(conv, regrouped, x, repeats):
+    weight = conv.weight.detach().clone()  # the masked weight, multiplied once here rather than on every call
+
+    def dense(inp):
+        return conv._conv_forward(inp, weight, conv.bias)
+    if x.is_cuda:
+        from utils.gpu_bench import graph_timings
+        t = graph_timings({"dense": (dense, [x] * 8), "regrouped": (regrouped, [x] * 8)}, max(repeats, 10))
+        return t["dense"]["median"] < t["regrouped"]["median"]
+    t = alternating_medians({"dense": lambda: dense(x), "regrouped": lambda: regrouped(x)}, x.device, repeats, warmup=1)
+    return t["dense"] < t["regrouped"]
 
 
 @torch.no_grad()

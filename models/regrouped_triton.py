@@ -1,0 +1,291 @@
+"""Triton kernel for the regrouped convolution's forward pass: an implicit
+GEMM whose K dimension is gathered (DESIGN.md §7).
+
+    y[m, row] = bias[row] + sum_k  x[pixel(m) + offset(k)] * w[k, row]
+
+M runs over output pixels (N*OH*OW, channels-last, so a pixel's channels
+are contiguous); a program's N tile is up to BLOCK_N rows of one block; K is
+that block's column table, one (input channel, dy, dx) entry per column
+(every tap of each input channel in the channel unit), ordered tap-major so
+that the entries of one k-step mostly read one pixel's cache line. All blocks
+of a layer are one launch: grid = (pixel tiles, tasks), a task being one row
+tile of one block, tasks sorted longest K first so the heavy ones start
+first. Output rows outside every block form tasks with K = 0: the kernel
+itself writes their bias (or zeros), so no output buffer needs clearing.
+
+Block weights are packed once per (weights version, dtype, device) into
+[K, BLOCK_N] tiles, one per task, and cached by RegroupedConv2d.
+
+The kernel is decorated on first use, so TRITON_INTERPRET=1 set any time
+before that runs it on CPU tensors (Triton's interpreter; its bf16 dot is
+wrong and it ignores TF32, so bf16 and TF32 are checked on a GPU only).
+On a GPU the tile sizes are tuned per layer shape (a few configurations,
+CUDA-event medians, cached by shape); the interpreter uses one small fixed
+configuration.
+"""
+import functools
+import os
+
+import torch
+
+TILE_ROWS = (16, 32, 64, 128)  # BLOCK_N candidates: tl.dot needs at least 16
+MACS_PER_GATHERED_LOAD = 64  # tensor-core MACs that cost about as much as one gathered element load (H100-class)
+INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_K": 16, "num_warps": 1, "num_stages": 1}
+GPU_CONFIGS = [  # (BLOCK_M, BLOCK_K, num_warps, num_stages); the first is the untuned default
+    (128, 32, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (256, 32, 8, 3),
+]
+SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def interpreting():
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def unavailable_reason(device):
+    """Why the Triton path cannot run on `device` (None when it can)."""
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed (pip install triton; wheels exist for Linux x86-64)"
+    if device.type == "cuda" or (device.type == "cpu" and interpreting()):
+        return None
+    return f"the Triton kernel runs on CUDA tensors, or on CPU tensors with TRITON_INTERPRET=1 (got a {device.type} tensor)"
+
+
+@functools.lru_cache(maxsize=None)
+def _kernel(interpret):
+    """The jitted kernel; `interpret` only keys the cache (triton.jit reads TRITON_INTERPRET when decorating)."""
+    import triton
+    import triton.language as tl
+
+    # Shapes stay run-time values (no recompilation per layer shape); only the tiles, dtype and precision compile.
+    @triton.jit(do_not_specialize=["M", "C_IN", "H", "W", "OH", "OW", "C_OUT", "stride_h", "stride_w", "pad_h",
+                                   "pad_w"])
+    def regrouped_conv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, tasks_ptr, rows_ptr, col_c_ptr, col_dy_ptr, col_dx_ptr,
+                              M, C_IN, H, W, OH, OW, C_OUT, stride_h, stride_w, pad_h, pad_w,
+                              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                              BLOCK_K: tl.constexpr):
+        pid_m = tl.program_id(0)
+        task = tl.program_id(1)
+        k_start = tl.load(tasks_ptr + task * 3)
+        k_len = tl.load(tasks_ptr + task * 3 + 1)
+        w_start = tl.load(tasks_ptr + task * 3 + 2)
+
+        offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        m_ok = offs_m < M
+        ow = offs_m % OW
+        oh = (offs_m // OW) % OH
+        n = offs_m // (OW * OH)
+        ih0 = oh * stride_h - pad_h  # top-left input pixel of each output pixel's window
+        iw0 = ow * stride_w - pad_w
+        base = ((n * H + ih0) * W + iw0) * C_IN
+        offs_n = tl.arange(0, BLOCK_N)
+
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for k0 in range(0, k_len, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_ok = offs_k < k_len
+            c = tl.load(col_c_ptr + k_start + offs_k, mask=k_ok, other=0)
+            dy = tl.load(col_dy_ptr + k_start + offs_k, mask=k_ok, other=0)
+            dx = tl.load(col_dx_ptr + k_start + offs_k, mask=k_ok, other=0)
+            ih = ih0[:, None] + dy[None, :]
+            iw = iw0[:, None] + dx[None, :]
+            a_ok = (m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
+            a = tl.load(x_ptr + base[:, None] + ((dy * W + dx) * C_IN + c)[None, :], mask=a_ok, other=0.0)
+            b = tl.load(w_ptr + w_start + offs_k[:, None] * BLOCK_N + offs_n[None, :], mask=k_ok[:, None], other=0.0)
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+        rows = tl.load(rows_ptr + task * BLOCK_N + offs_n)
+        row_ok = rows >= 0
+        acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0)[None, :]  # zeros for a layer without bias
+        out = y_ptr + offs_m[:, None] * C_OUT + rows[None, :]
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & row_ok[None, :])
+
+    return regrouped_conv_kernel
+
+
+def _tile_rows(row_counts, col_counts):
+    """BLOCK_N for a layer: the candidate with the lowest modelled cost, where
+    a task of K columns costs K gathered loads plus K * BLOCK_N MACs (padded
+    rows included) at MACS_PER_GATHERED_LOAD MACs per load."""
+    def cost(tile):
+        return sum(-(-r // tile) * k * (1 + tile / MACS_PER_GATHERED_LOAD) for r, k in zip(row_counts, col_counts))
+    return min(TILE_ROWS, key=cost)
+
+
+def build_structure(blocks, unit, out_channels, in_channels, kernel_size, dilation):
+    """The layer's tables (CPU tensors), from its blocks: blocks with the same
+    columns merged, rows tiled by BLOCK_N, columns in tap-major order."""
+    kh, kw = kernel_size
+    dh, dw = dilation
+    merged = {}  # regroup splits a part's rows by nn; one task table per column set is enough here
+    for b, (rows, cols) in enumerate(blocks):
+        merged.setdefault(tuple(cols.tolist()), []).append((b, rows))
+    groups = []
+    for cols, members in merged.items():
+        cols = torch.tensor(cols, dtype=torch.long)
+        if unit == "channel":  # column j of a channel-unit block is every tap of input channel cols[j]
+            tap = torch.arange(kh * kw).repeat_interleave(len(cols))
+            channel = cols.repeat(kh * kw)
+            order = None  # block weights are permuted to tap-major when packed
+        else:  # unfolded column index c * kh * kw + tap
+            channel, tap = cols // (kh * kw), cols % (kh * kw)
+            order = torch.argsort(tap * in_channels + channel, stable=True)
+            channel, tap = channel[order], tap[order]
+        groups.append({"members": members, "rows": torch.cat([r for _, r in members]), "channel": channel,
+                       "dy": (tap // kw) * dh, "dx": (tap % kw) * dw, "order": order})
+    covered = torch.zeros(out_channels, dtype=torch.bool)
+    for g in groups:
+        covered[g["rows"]] = True
+    tile = _tile_rows([len(g["rows"]) for g in groups], [len(g["channel"]) for g in groups])
+    tasks, task_rows = [], []  # (k_start, k_len, w_start), rows padded with -1
+    col_c, col_dy, col_dx = [], [], []
+    k_start = w_start = 0
+    for g in groups:
+        k = len(g["channel"])
+        col_c.append(g["channel"])
+        col_dy.append(g["dy"])
+        col_dx.append(g["dx"])
+        for first in range(0, len(g["rows"]), tile):
+            tasks.append((k_start, k, w_start))
+            task_rows.append(_padded(g["rows"][first: first + tile], tile))
+            w_start += k * tile
+        k_start += k
+    uncovered = torch.nonzero(~covered).flatten()
+    for first in range(0, len(uncovered), tile):  # K = 0: the kernel writes their bias or zeros
+        tasks.append((0, 0, 0))
+        task_rows.append(_padded(uncovered[first: first + tile], tile))
+    order = sorted(range(len(tasks)), key=lambda t: -tasks[t][1])  # longest K first
+
+    def ints(parts):
+        return torch.cat(parts).to(torch.int32) if parts else torch.zeros(1, dtype=torch.int32)
+
+    return {"tile": tile, "groups": groups, "unit": unit, "kernel_size": kernel_size,
+            "extent": (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
+            "tasks": torch.tensor([tasks[t] for t in order], dtype=torch.int32).reshape(-1, 3),
+            "rows": torch.stack([task_rows[t] for t in order]).to(torch.int32).reshape(-1),
+            "col_c": ints(col_c), "col_dy": ints(col_dy), "col_dx": ints(col_dx),
+            "k_max": max((len(g["channel"]) for g in groups), default=0)}
+
+
+def _padded(rows, tile):
+    return torch.cat([rows, torch.full((tile - len(rows),), -1, dtype=rows.dtype)])
+
+
+def pack_weights(structure, block_weights, dtype, device):
+    """Every task's weights as a [K, BLOCK_N] tile (rows past the block's
+    zero), all tiles in task-table order of w_start, in one flat tensor."""
+    tile = structure["tile"]
+    kh, kw = structure["kernel_size"]
+    tiles = []
+    for g in structure["groups"]:
+        parts = []
+        for b, _ in g["members"]:
+            w = block_weights[b].detach()
+            if structure["unit"] == "channel":  # [rows, cols, kh, kw] -> [rows, (tap, col)]
+                w = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
+            else:
+                w = w[:, g["order"]]
+            parts.append(w)
+        w = torch.cat(parts).t()  # [K, rows]
+        pad = -w.shape[1] % tile
+        w = torch.nn.functional.pad(w, (0, pad)).reshape(w.shape[0], -1, tile).transpose(0, 1)  # [tiles, K, tile]
+        tiles.append(w.reshape(-1))
+    flat = torch.cat(tiles) if tiles else torch.zeros(1)
+    return flat.to(device=device, dtype=dtype).contiguous()
+
+
+def device_tables(structure, device, out_channels):
+    tables = {key: structure[key].to(device) for key in ("tasks", "rows", "col_c", "col_dy", "col_dx")}
+    tables["zero_bias"] = torch.zeros(out_channels, device=device)
+    return tables
+
+
+def tf32_allowed():
+    """The caller's TF32 choice for convolutions, as cuDNN reads it."""
+    return bool(torch.backends.cudnn.allow_tf32)
+
+
+def default_config():
+    bm, bk, warps, stages = GPU_CONFIGS[0]
+    return {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+
+
+def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padding, out=None, config=None):
+    """y = the regrouped convolution of x (any layout; read as channels-last),
+    returned channels-last in x's dtype; `out` (channels-last, right shape and
+    dtype) is written in place when given. `bias` is a float32 tensor of
+    out_channels values or None; `config` fixes the tiles (default: tuned on a
+    GPU, INTERPRETER_CONFIG in the interpreter)."""
+    if x.dtype not in SUPPORTED_DTYPES:
+        raise ValueError(f"the Triton kernel takes float32, float16 or bfloat16 inputs, got {x.dtype}")
+    reason = unavailable_reason(x.device)
+    if reason:
+        raise RuntimeError(reason)
+    n, c_in, h, w = x.shape
+    oh = (h + 2 * padding[0] - structure["extent"][0]) // stride[0] + 1
+    ow = (w + 2 * padding[1] - structure["extent"][1]) // stride[1] + 1
+    x = x.contiguous(memory_format=torch.channels_last)
+    if out is None:
+        out = torch.empty((n, out_channels, oh, ow), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
+    if max(x.numel(), out.numel()) >= 2 ** 31:
+        raise ValueError("the Triton kernel indexes with 32-bit offsets: split the batch")
+    m = n * oh * ow
+    precision = "ieee" if x.dtype == torch.float32 and not tf32_allowed() else "tf32"  # 16-bit inputs ignore it
+    if bias is None:
+        bias = tables["zero_bias"]
+    args = (x, weights, bias, out, tables["tasks"], tables["rows"], tables["col_c"],
+            tables["col_dy"], tables["col_dx"], m, c_in, h, w, oh, ow, out_channels, stride[0], stride[1],
+            padding[0], padding[1])
+    kernel = _kernel(interpreting())
+    tile = structure["tile"]
+    num_tasks = tables["tasks"].shape[0]
+    if config is None and x.device.type == "cpu":
+        config = INTERPRETER_CONFIG
+    elif config is None:  # layers of one shape share their tuned tiles
+        key = (x.device.index, x.dtype, precision, tile, c_in, out_channels, m, h, w, stride, padding)
+        config = _tuned(key, lambda cfg: _launch(kernel, args, precision, tile, num_tasks, cfg))
+    _launch(kernel, args, precision, tile, num_tasks, config)
+    return out
+
+
+def _launch(kernel, args, precision, tile, num_tasks, config):
+    m = args[9]
+    grid = (-(-m // config["BLOCK_M"]), num_tasks)
+    kernel[grid](*args, PRECISION=precision, BLOCK_N=tile, **config)
+
+
+_TUNED = {}  # shape key -> best config: a memo of a pure measurement, safe to share between runs
+
+
+def _tuned(key, launch):
+    """The fastest of GPU_CONFIGS for this shape (triton.testing.do_bench median, ~20 ms per configuration)."""
+    if key in _TUNED:
+        return _TUNED[key]
+    if os.environ.get("STRUCTLTH_TRITON_CONFIG"):  # "BLOCK_M,BLOCK_K,num_warps,num_stages": skip tuning
+        bm, bk, warps, stages = (int(v) for v in os.environ["STRUCTLTH_TRITON_CONFIG"].split(","))
+        _TUNED[key] = {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+        return _TUNED[key]
+    from triton.testing import do_bench
+    timings = {}
+    for bm, bk, warps, stages in GPU_CONFIGS:
+        config = {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+        try:
+            launch(config)  # compiles
+        except Exception as err:  # a configuration this GPU cannot run (shared memory, registers)
+            if "OutOfResources" in type(err).__name__ or "out of resource" in str(err).lower():
+                continue
+            raise
+        # do_bench clears the L2 before each timed call, which also keeps the GPU busy while Python
+        # launches the kernel: the events then time the kernel, not the launch overhead.
+        timings[(bm, bk, warps, stages)] = do_bench(lambda: launch(config), warmup=5, rep=20, return_mode="median")
+    if not timings:
+        raise RuntimeError("no Triton configuration fits this GPU")
+    bm, bk, warps, stages = min(timings, key=timings.get)
+    _TUNED[key] = {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+    return _TUNED[key]
+
+
+def tuned_configs():
+    """What the tuner chose so far (for reports): [(key, config)]."""
+    return list(_TUNED.items())
