@@ -181,29 +181,31 @@ class RegroupedConv2d(nn.Module):
 
     def triton_state(self, device, dtype):
         """(structure, device tables, packed weights, fp32 bias or None) for the
-        Triton kernel; tables are built once per device, weights repacked only
-        when they or the dtype change."""
+        Triton kernel; tables are built once per device and chunk size, weights
+        repacked only when they or the dtype change."""
         if getattr(self, "_triton_structure", None) is None:
             self._triton_structure = regrouped_triton.build_structure(
                 [(r.cpu(), c.cpu()) for r, c, _ in self.blocks()], self.unit, self.out_channels, self.in_channels,
                 self.kernel_size, self.dilation)
-        if getattr(self, "_triton_tables_device", None) != device:
-            self._triton_tables = regrouped_triton.device_tables(self._triton_structure, device, self.out_channels)
-            self._triton_tables_device = device
+        block_k = regrouped_triton.chunk_size(dtype)
+        if getattr(self, "_triton_tables_key", None) != (device, block_k):
+            self._triton_tables = regrouped_triton.device_tables(self._triton_structure, device, block_k,
+                                                                 self.out_channels)
+            self._triton_tables_key = (device, block_k)
         key = (device, dtype, self._version, None if self.bias is None else self.bias._version)
         if getattr(self, "_triton_weights_key", None) != key:
             self._triton_weights = regrouped_triton.pack_weights(
-                self._triton_structure, [w for _, _, w in self.blocks()], dtype, device)
+                self._triton_structure, [w for _, _, w in self.blocks()], dtype, device, block_k)
             self._triton_bias = None if self.bias is None else self.bias.detach().to(device, torch.float32).contiguous()
             self._triton_weights_key = key
         return self._triton_structure, self._triton_tables, self._triton_weights, self._triton_bias
 
-    def _forward_triton(self, x, out=None):
+    def _forward_triton(self, x, out=None, config=None):
         structure, tables, weights, bias = self.triton_state(x.device, x.dtype)
 
         def run(inp):
             return regrouped_triton.conv_forward(inp, weights, tables, structure, bias, self.out_channels,
-                                                 self.stride, self.padding, out, self.triton_config)
+                                                 self.stride, self.padding, out, config or self.triton_config)
         params = list(self.block_weights) + ([self.bias] if self.bias is not None else [])
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
             return _TritonConvFunction.apply(x, self.dense_weight(), self.bias, run,

@@ -30,9 +30,9 @@ import torch
 
 TILE_ROWS = (16, 32, 64, 128)  # BLOCK_N candidates: tl.dot needs at least 16
 MACS_PER_GATHERED_LOAD = 64  # tensor-core MACs that cost about as much as one gathered element load (H100-class)
-INTERPRETER_CONFIG = {"BLOCK_M": 32, "BLOCK_K": 16, "num_warps": 1, "num_stages": 1}
-GPU_CONFIGS = [  # (BLOCK_M, BLOCK_K, num_warps, num_stages); the first is the untuned default
-    (128, 32, 4, 3), (64, 32, 4, 3), (128, 64, 8, 3), (256, 32, 8, 3),
+INTERPRETER_CONFIG = {"BLOCK_M": 32, "num_warps": 1, "num_stages": 1}
+GPU_CONFIGS = [  # (BLOCK_M, num_warps, num_stages); the first is the untuned default
+    (128, 4, 2), (64, 4, 2), (128, 8, 3), (256, 8, 2),
 ]
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -61,14 +61,14 @@ def _kernel(interpret):
     # Shapes stay run-time values (no recompilation per layer shape); only the tiles, dtype and precision compile.
     @triton.jit(do_not_specialize=["M", "C_IN", "H", "W", "OH", "OW", "C_OUT", "stride_h", "stride_w", "pad_h",
                                    "pad_w"])
-    def regrouped_conv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, tasks_ptr, rows_ptr, col_c_ptr, col_dy_ptr, col_dx_ptr,
-                              M, C_IN, H, W, OH, OW, C_OUT, stride_h, stride_w, pad_h, pad_w,
+    def regrouped_conv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, tasks_ptr, rows_ptr, chunk_dy_ptr, chunk_dx_ptr,
+                              chunk_c_ptr, M, C_IN, H, W, OH, OW, C_OUT, stride_h, stride_w, pad_h, pad_w,
                               PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                               BLOCK_K: tl.constexpr):
         pid_m = tl.program_id(0)
         task = tl.program_id(1)
-        k_start = tl.load(tasks_ptr + task * 3)
-        k_len = tl.load(tasks_ptr + task * 3 + 1)
+        first_chunk = tl.load(tasks_ptr + task * 3)
+        num_chunks = tl.load(tasks_ptr + task * 3 + 1)
         w_start = tl.load(tasks_ptr + task * 3 + 2)
 
         offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -78,21 +78,25 @@ def _kernel(interpret):
         n = offs_m // (OW * OH)
         ih0 = oh * stride_h - pad_h  # top-left input pixel of each output pixel's window
         iw0 = ow * stride_w - pad_w
-        base = ((n * H + ih0) * W + iw0) * C_IN
+        pixel = ((n * H + ih0) * W + iw0) * C_IN
+        offs_k = tl.arange(0, BLOCK_K)
         offs_n = tl.arange(0, BLOCK_N)
+        w_tile = w_ptr + w_start + offs_k[:, None] * BLOCK_N + offs_n[None, :]
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for k0 in range(0, k_len, BLOCK_K):
-            offs_k = k0 + tl.arange(0, BLOCK_K)
-            k_ok = offs_k < k_len
-            c = tl.load(col_c_ptr + k_start + offs_k, mask=k_ok, other=0)
-            dy = tl.load(col_dy_ptr + k_start + offs_k, mask=k_ok, other=0)
-            dx = tl.load(col_dx_ptr + k_start + offs_k, mask=k_ok, other=0)
-            ih = ih0[:, None] + dy[None, :]
-            iw = iw0[:, None] + dx[None, :]
-            a_ok = (m_ok[:, None] & k_ok[None, :] & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W))
-            a = tl.load(x_ptr + base[:, None] + ((dy * W + dx) * C_IN + c)[None, :], mask=a_ok, other=0.0)
-            b = tl.load(w_ptr + w_start + offs_k[:, None] * BLOCK_N + offs_n[None, :], mask=k_ok[:, None], other=0.0)
+        for j in range(0, num_chunks):
+            # A chunk is up to BLOCK_K input channels of one tap (dy, dx): the bounds check is per pixel,
+            # and a pixel's entries are channels of one input pixel (one cache line for 64 bf16 channels).
+            chunk = first_chunk + j
+            dy = tl.load(chunk_dy_ptr + chunk)
+            dx = tl.load(chunk_dx_ptr + chunk)
+            c = tl.load(chunk_c_ptr + chunk * BLOCK_K + offs_k)  # -1 pads a tap's last chunk
+            ih = ih0 + dy
+            iw = iw0 + dx
+            pixel_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            a = tl.load(x_ptr + (pixel + (dy * W + dx) * C_IN)[:, None] + c[None, :],
+                        mask=pixel_ok[:, None] & (c >= 0)[None, :], other=0.0)
+            b = tl.load(w_tile + j * (BLOCK_K * BLOCK_N))  # padded entries hold zeros
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
         rows = tl.load(rows_ptr + task * BLOCK_N + offs_n)
@@ -113,9 +117,16 @@ def _tile_rows(row_counts, col_counts):
     return min(TILE_ROWS, key=cost)
 
 
+def chunk_size(dtype):
+    """BLOCK_K: 64 bytes of one pixel's channels (16 fp32 or 32 16-bit values)."""
+    return 16 if dtype == torch.float32 else 32
+
+
 def build_structure(blocks, unit, out_channels, in_channels, kernel_size, dilation):
-    """The layer's tables (CPU tensors), from its blocks: blocks with the same
-    columns merged, rows tiled by BLOCK_N, columns in tap-major order."""
+    """The layer's blocks as the kernel sees them (CPU tensors): blocks with
+    the same columns merged, each group's columns as (tap, input channel)
+    sorted tap-major, rows tiled by BLOCK_N; chunk tables per BLOCK_K are
+    made by `chunks`."""
     kh, kw = kernel_size
     dh, dw = dilation
     merged = {}  # regroup splits a part's rows by nn; one task table per column set is enough here
@@ -133,70 +144,94 @@ def build_structure(blocks, unit, out_channels, in_channels, kernel_size, dilati
             order = torch.argsort(tap * in_channels + channel, stable=True)
             channel, tap = channel[order], tap[order]
         groups.append({"members": members, "rows": torch.cat([r for _, r in members]), "channel": channel,
-                       "dy": (tap // kw) * dh, "dx": (tap % kw) * dw, "order": order})
+                       "tap": tap, "order": order})
     covered = torch.zeros(out_channels, dtype=torch.bool)
     for g in groups:
         covered[g["rows"]] = True
     tile = _tile_rows([len(g["rows"]) for g in groups], [len(g["channel"]) for g in groups])
-    tasks, task_rows = [], []  # (k_start, k_len, w_start), rows padded with -1
-    col_c, col_dy, col_dx = [], [], []
-    k_start = w_start = 0
-    for g in groups:
-        k = len(g["channel"])
-        col_c.append(g["channel"])
-        col_dy.append(g["dy"])
-        col_dx.append(g["dx"])
-        for first in range(0, len(g["rows"]), tile):
-            tasks.append((k_start, k, w_start))
-            task_rows.append(_padded(g["rows"][first: first + tile], tile))
-            w_start += k * tile
-        k_start += k
-    uncovered = torch.nonzero(~covered).flatten()
-    for first in range(0, len(uncovered), tile):  # K = 0: the kernel writes their bias or zeros
-        tasks.append((0, 0, 0))
-        task_rows.append(_padded(uncovered[first: first + tile], tile))
-    order = sorted(range(len(tasks)), key=lambda t: -tasks[t][1])  # longest K first
-
-    def ints(parts):
-        return torch.cat(parts).to(torch.int32) if parts else torch.zeros(1, dtype=torch.int32)
-
-    return {"tile": tile, "groups": groups, "unit": unit, "kernel_size": kernel_size,
-            "extent": (dh * (kh - 1) + 1, dw * (kw - 1) + 1),
-            "tasks": torch.tensor([tasks[t] for t in order], dtype=torch.int32).reshape(-1, 3),
-            "rows": torch.stack([task_rows[t] for t in order]).to(torch.int32).reshape(-1),
-            "col_c": ints(col_c), "col_dy": ints(col_dy), "col_dx": ints(col_dx),
-            "k_max": max((len(g["channel"]) for g in groups), default=0)}
+    return {"tile": tile, "groups": groups, "unit": unit, "kernel_size": kernel_size, "dilation": dilation,
+            "extent": (dh * (kh - 1) + 1, dw * (kw - 1) + 1), "uncovered": torch.nonzero(~covered).flatten(),
+            "chunks": {}}
 
 
-def _padded(rows, tile):
-    return torch.cat([rows, torch.full((tile - len(rows),), -1, dtype=rows.dtype)])
-
-
-def pack_weights(structure, block_weights, dtype, device):
-    """Every task's weights as a [K, BLOCK_N] tile (rows past the block's
-    zero), all tiles in task-table order of w_start, in one flat tensor."""
-    tile = structure["tile"]
+def chunks(structure, block_k):
+    """Task and chunk tables for BLOCK_K = block_k (cached in `structure`).
+    tasks [T, 3]: first chunk, chunk count, offset of the task's packed
+    weights; rows [T * BLOCK_N] (-1 pads); per chunk its tap offset (dy, dx,
+    dilation applied) and up to block_k input channels (-1 pads); tasks
+    sorted longest first. `slots` maps each group's packed K positions to its
+    column order, for pack_weights."""
+    if block_k in structure["chunks"]:
+        return structure["chunks"][block_k]
     kh, kw = structure["kernel_size"]
-    tiles = []
+    dh, dw = structure["dilation"]
+    tile = structure["tile"]
+    tasks, task_rows, chunk_dy, chunk_dx, chunk_c, slots = [], [], [], [], [], []
+    first = w_start = 0
     for g in structure["groups"]:
+        slot = []  # for each packed K position: index into the group's columns, or -1
+        for t in torch.unique_consecutive(g["tap"]).tolist():
+            where = torch.nonzero(g["tap"] == t).flatten()
+            for i in range(0, len(where), block_k):
+                part = where[i: i + block_k]
+                chunk_dy.append((t // kw) * dh)
+                chunk_dx.append((t % kw) * dw)
+                chunk_c.append(_padded(g["channel"][part], block_k))
+                slot.append(_padded(part, block_k))
+        count = len(slot)
+        slots.append(torch.cat(slot))
+        for r in range(0, len(g["rows"]), tile):
+            tasks.append((first, count, w_start))
+            task_rows.append(_padded(g["rows"][r: r + tile], tile))
+            w_start += count * block_k * tile
+        first += count
+    for r in range(0, len(structure["uncovered"]), tile):  # no chunk: the kernel writes their bias or zeros
+        tasks.append((0, 0, 0))
+        task_rows.append(_padded(structure["uncovered"][r: r + tile], tile))
+    order = sorted(range(len(tasks)), key=lambda t: -tasks[t][1])  # longest first
+
+    def ints(values):
+        return torch.tensor(values, dtype=torch.int32) if values else torch.zeros(1, dtype=torch.int32)
+    table = {"tasks": torch.tensor([tasks[t] for t in order], dtype=torch.int32).reshape(-1, 3),
+             "rows": torch.stack([task_rows[t] for t in order]).to(torch.int32).reshape(-1),
+             "chunk_dy": ints(chunk_dy), "chunk_dx": ints(chunk_dx),
+             "chunk_c": torch.cat(chunk_c).to(torch.int32) if chunk_c else torch.zeros(1, dtype=torch.int32),
+             "slots": slots, "block_k": block_k}
+    structure["chunks"][block_k] = table
+    return table
+
+
+def _padded(values, size):
+    return torch.cat([values, torch.full((size - len(values),), -1, dtype=values.dtype)])
+
+
+def pack_weights(structure, block_weights, dtype, device, block_k):
+    """Every task's weights as [chunks, BLOCK_K, BLOCK_N] (zeros where a chunk
+    or a row tile is padded), in the order of the tasks' weight offsets."""
+    tile = structure["tile"]
+    table = chunks(structure, block_k)
+    tiles = []
+    for g, slot in zip(structure["groups"], table["slots"]):
         parts = []
         for b, _ in g["members"]:
-            w = block_weights[b].detach()
+            w = block_weights[b].detach().float()
             if structure["unit"] == "channel":  # [rows, cols, kh, kw] -> [rows, (tap, col)]
                 w = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1)
             else:
                 w = w[:, g["order"]]
             parts.append(w)
-        w = torch.cat(parts).t()  # [K, rows]
-        pad = -w.shape[1] % tile
-        w = torch.nn.functional.pad(w, (0, pad)).reshape(w.shape[0], -1, tile).transpose(0, 1)  # [tiles, K, tile]
+        w = torch.cat(parts).t()  # [K, rows] in the group's column order
+        w = torch.cat([w, w.new_zeros(1, w.shape[1])])[slot]  # [packed K, rows]: slot -1 reads the zero row
+        w = torch.nn.functional.pad(w, (0, -w.shape[1] % tile))
+        w = w.reshape(-1, block_k, w.shape[1] // tile, tile).permute(2, 0, 1, 3)  # [row tiles, chunks, K, tile]
         tiles.append(w.reshape(-1))
     flat = torch.cat(tiles) if tiles else torch.zeros(1)
     return flat.to(device=device, dtype=dtype).contiguous()
 
 
-def device_tables(structure, device, out_channels):
-    tables = {key: structure[key].to(device) for key in ("tasks", "rows", "col_c", "col_dy", "col_dx")}
+def device_tables(structure, device, block_k, out_channels):
+    table = chunks(structure, block_k)
+    tables = {key: table[key].to(device) for key in ("tasks", "rows", "chunk_dy", "chunk_dx", "chunk_c")}
     tables["zero_bias"] = torch.zeros(out_channels, device=device)
     return tables
 
@@ -206,9 +241,12 @@ def tf32_allowed():
     return bool(torch.backends.cudnn.allow_tf32)
 
 
+def _config(bm, warps, stages):
+    return {"BLOCK_M": bm, "num_warps": warps, "num_stages": stages}
+
+
 def default_config():
-    bm, bk, warps, stages = GPU_CONFIGS[0]
-    return {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+    return _config(*GPU_CONFIGS[0])
 
 
 def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padding, out=None, config=None):
@@ -234,9 +272,8 @@ def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padd
     precision = "ieee" if x.dtype == torch.float32 and not tf32_allowed() else "tf32"  # 16-bit inputs ignore it
     if bias is None:
         bias = tables["zero_bias"]
-    args = (x, weights, bias, out, tables["tasks"], tables["rows"], tables["col_c"],
-            tables["col_dy"], tables["col_dx"], m, c_in, h, w, oh, ow, out_channels, stride[0], stride[1],
-            padding[0], padding[1])
+    args = (x, weights, bias, out, tables["tasks"], tables["rows"], tables["chunk_dy"], tables["chunk_dx"],
+            tables["chunk_c"], m, c_in, h, w, oh, ow, out_channels, stride[0], stride[1], padding[0], padding[1])
     kernel = _kernel(interpreting())
     tile = structure["tile"]
     num_tasks = tables["tasks"].shape[0]
@@ -250,9 +287,9 @@ def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padd
 
 
 def _launch(kernel, args, precision, tile, num_tasks, config):
-    m = args[9]
+    m, block_k = args[9], chunk_size(args[0].dtype)
     grid = (-(-m // config["BLOCK_M"]), num_tasks)
-    kernel[grid](*args, PRECISION=precision, BLOCK_N=tile, **config)
+    kernel[grid](*args, PRECISION=precision, BLOCK_N=tile, BLOCK_K=block_k, **config)
 
 
 _TUNED = {}  # shape key -> best config: a memo of a pure measurement, safe to share between runs
@@ -262,14 +299,13 @@ def _tuned(key, launch):
     """The fastest of GPU_CONFIGS for this shape (triton.testing.do_bench median, ~20 ms per configuration)."""
     if key in _TUNED:
         return _TUNED[key]
-    if os.environ.get("STRUCTLTH_TRITON_CONFIG"):  # "BLOCK_M,BLOCK_K,num_warps,num_stages": skip tuning
-        bm, bk, warps, stages = (int(v) for v in os.environ["STRUCTLTH_TRITON_CONFIG"].split(","))
-        _TUNED[key] = {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+    if os.environ.get("STRUCTLTH_TRITON_CONFIG"):  # "BLOCK_M,num_warps,num_stages": skip tuning
+        _TUNED[key] = _config(*(int(v) for v in os.environ["STRUCTLTH_TRITON_CONFIG"].split(",")))
         return _TUNED[key]
     from triton.testing import do_bench
     timings = {}
-    for bm, bk, warps, stages in GPU_CONFIGS:
-        config = {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+    for candidate in GPU_CONFIGS:
+        config = _config(*candidate)
         try:
             launch(config)  # compiles
         except Exception as err:  # a configuration this GPU cannot run (shared memory, registers)
@@ -278,11 +314,10 @@ def _tuned(key, launch):
             raise
         # do_bench clears the L2 before each timed call, which also keeps the GPU busy while Python
         # launches the kernel: the events then time the kernel, not the launch overhead.
-        timings[(bm, bk, warps, stages)] = do_bench(lambda: launch(config), warmup=5, rep=20, return_mode="median")
+        timings[candidate] = do_bench(lambda: launch(config), warmup=5, rep=20, return_mode="median")
     if not timings:
         raise RuntimeError("no Triton configuration fits this GPU")
-    bm, bk, warps, stages = min(timings, key=timings.get)
-    _TUNED[key] = {"BLOCK_M": bm, "BLOCK_K": bk, "num_warps": warps, "num_stages": stages}
+    _TUNED[key] = _config(*min(timings, key=timings.get))
     return _TUNED[key]
 
 

@@ -23,7 +23,6 @@ error and the others still run; the exit status is non-zero if any did.
 Without CUDA it stops with one line.
 """
 import argparse
-import copy
 import json
 import os
 import subprocess
@@ -171,37 +170,14 @@ def check_gradients():
 
 
 def make_tickets(args):
-    """{sparsity: (masked model, mask, per-layer regrouped masks and infos, input shapes at --layer_batch)}."""
-    from models import build_model
-    from pruner.magnitude import global_magnitude_prune
-    from pruner.mask import Mask
-    from pruner.masking import apply_mask
-    from pruner.regroup import regroup_layer
-    torch.manual_seed(0)
-    model = build_model("res18", 10, 3).eval()
-    shapes, hooks = {}, []
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Conv2d):
-            hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: shapes.__setitem__(name, tuple(i[0].shape))))
-    with torch.no_grad():
-        model(torch.zeros(args.layer_batch, 3, 32, 32))
-    for h in hooks:
-        h.remove()
+    """{sparsity: (masked model, mask, regroup function, conv input shapes at --layer_batch)}."""
+    import functools
+    from utils.structured_bench import conv_input_shapes, regroup_by_rows, resnet18_ticket
     tickets = {}
     for sparsity in args.sparsities:
-        masked = copy.deepcopy(model)
-        mask = global_magnitude_prune(masked, sparsity)
-        apply_mask(masked, mask)
-
-        def regroup(m):
-            new, infos = Mask(), {}
-            for name, layer_mask in m.items():
-                cn = max(1, layer_mask.shape[0] // args.rows_per_part)
-                new[name], infos[name] = regroup_layer(layer_mask, 1.5, cn, 32, args.rows_per_part // 2, 0,
-                                                       "greedy", args.regroup_unit)
-            return new, infos
-        tickets[sparsity] = (masked, mask, regroup, shapes)
+        masked, mask = resnet18_ticket(sparsity)
+        regroup = functools.partial(regroup_by_rows, rows_per_part=args.rows_per_part, unit=args.regroup_unit)
+        tickets[sparsity] = (masked, mask, regroup, conv_input_shapes(masked, (args.layer_batch, 3, 32, 32)))
     return tickets
 
 

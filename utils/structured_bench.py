@@ -15,7 +15,10 @@ import copy
 import torch
 import torch.nn.functional as F
 
+from models import build_model
 from models.regrouped import RegroupedConv2d, regroup_model
+from pruner.magnitude import global_magnitude_prune
+from pruner.mask import Mask
 from pruner.masking import apply_mask, refresh_masked_weights, strip_masks
 from pruner.refill import refill
 from pruner.regroup import regroup_layer
@@ -138,3 +141,47 @@ def random_regrouped_layer(c_out, c_in, k, unit, generator, density=0.3, cn=4, b
     if not info.blocks:
         raise ValueError(f"no block in a random {c_out}x{c_in}x{k}x{k} layer: lower b2 or cn")
     return weight * new_mask, info.blocks, torch.randn(c_out, generator=generator)
+
+
+def regroup_by_rows(mask, rows_per_part, unit, t1=1.5, nn=32):
+    """Regroup every layer with parts of about `rows_per_part` rows (cn =
+    c_out / rows_per_part, b2 = rows_per_part / 2): every layer gets blocks.
+    Returns (regrouped Mask, {layer: LayerRegroup})."""
+    new, infos = Mask(), {}
+    for name, layer_mask in mask.items():
+        cn = max(1, layer_mask.shape[0] // rows_per_part)
+        new[name], infos[name] = regroup_layer(layer_mask, t1, cn, nn, rows_per_part // 2, 0, "greedy", unit)
+    return new, infos
+
+
+def conv_input_shapes(model, input_shape):
+    """{conv name: the shape of its input} for one forward pass of zeros."""
+    shapes, hooks = {}, []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Conv2d):
+            hooks.append(module.register_forward_hook(
+                lambda m, i, o, name=name: shapes.__setitem__(name, tuple(i[0].shape))))
+    try:
+        with torch.no_grad():
+            model.eval()(torch.zeros(input_shape))
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes
+
+
+def resnet18_ticket(sparsity, seed=0):
+    """(masked CIFAR ResNet-18, its Mask): one seeded global magnitude step
+    on the initial weights (the benchmark tickets of profile/)."""
+    torch.manual_seed(seed)
+    model = build_model("res18", 10, 3).eval()
+    mask = global_magnitude_prune(model, sparsity)
+    apply_mask(model, mask)
+    return model, mask
+
+
+def resnet18_tickets(sparsity, rows_per_part, unit, batch, seed=0):
+    """(masked model, regrouped Mask, infos, conv input shapes at `batch`) of resnet18_ticket."""
+    masked, mask = resnet18_ticket(sparsity, seed)
+    regrouped_mask, infos = regroup_by_rows(mask, rows_per_part, unit)
+    return masked, regrouped_mask, infos, conv_input_shapes(masked, (batch, 3, 32, 32))
