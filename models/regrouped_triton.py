@@ -32,8 +32,9 @@ TILE_ROWS = (16, 32, 64, 128)  # BLOCK_N candidates: tl.dot needs at least 16
 MACS_PER_GATHERED_LOAD = 64  # tensor-core MACs that cost about as much as one gathered element load (H100-class)
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "num_warps": 1, "num_stages": 1}
 GPU_CONFIGS = [  # (BLOCK_M, num_warps, num_stages); the first is the untuned default
-    (128, 4, 2), (64, 4, 2), (128, 8, 3), (256, 8, 2),
+    (64, 4, 3), (128, 4, 3), (64, 4, 2), (128, 8, 3),
 ]
+MAX_TAPS = 31  # a pixel's in-bounds taps are bits of one int32
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
@@ -58,13 +59,14 @@ def _kernel(interpret):
     import triton
     import triton.language as tl
 
-    # Shapes stay run-time values (no recompilation per layer shape); only the tiles, dtype and precision compile.
-    @triton.jit(do_not_specialize=["M", "C_IN", "H", "W", "OH", "OW", "C_OUT", "stride_h", "stride_w", "pad_h",
-                                   "pad_w"])
-    def regrouped_conv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, tasks_ptr, rows_ptr, chunk_dy_ptr, chunk_dx_ptr,
-                              chunk_c_ptr, M, C_IN, H, W, OH, OW, C_OUT, stride_h, stride_w, pad_h, pad_w,
-                              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                              BLOCK_K: tl.constexpr):
+    # Shapes stay run-time values (no recompilation per layer shape) except C_IN, whose divisibility by 16
+    # lets Triton load channel pairs as one 32-bit word; tiles, taps, dtype and precision compile.
+    @triton.jit(do_not_specialize=["M", "H", "W", "OH", "OW", "C_OUT", "stride_h", "stride_w", "pad_h", "pad_w",
+                                   "dil_h", "dil_w"])
+    def regrouped_conv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, tasks_ptr, rows_ptr, chunk_tap_ptr, chunk_c_ptr,
+                              M, C_IN, H, W, OH, OW, C_OUT, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
+                              KH: tl.constexpr, KW: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                              BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_m = tl.program_id(0)
         task = tl.program_id(1)
         first_chunk = tl.load(tasks_ptr + task * 3)
@@ -79,24 +81,28 @@ def _kernel(interpret):
         ih0 = oh * stride_h - pad_h  # top-left input pixel of each output pixel's window
         iw0 = ow * stride_w - pad_w
         pixel = ((n * H + ih0) * W + iw0) * C_IN
+        valid = tl.zeros((BLOCK_M,), dtype=tl.int32)  # bit t: tap t of this output pixel lies inside the input
+        for t in tl.static_range(KH * KW):
+            ih = ih0 + (t // KW) * dil_h
+            iw = iw0 + (t % KW) * dil_w
+            inside = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            valid = valid | (inside.to(tl.int32) << t)
         offs_k = tl.arange(0, BLOCK_K)
         offs_n = tl.arange(0, BLOCK_N)
         w_tile = w_ptr + w_start + offs_k[:, None] * BLOCK_N + offs_n[None, :]
 
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for j in range(0, num_chunks):
-            # A chunk is up to BLOCK_K input channels of one tap (dy, dx): the bounds check is per pixel,
-            # and a pixel's entries are channels of one input pixel (one cache line for 64 bf16 channels).
+            # A chunk is BLOCK_K channels (in pairs 2p, 2p+1) of one tap: the bounds check is one bit per pixel,
+            # and a pixel's entries lie in that input pixel's few cache lines. The pairs make K the contiguous
+            # axis for Triton's layout choice, so a warp reads one pixel's channels per instruction.
             chunk = first_chunk + j
-            dy = tl.load(chunk_dy_ptr + chunk)
-            dx = tl.load(chunk_dx_ptr + chunk)
-            c = tl.load(chunk_c_ptr + chunk * BLOCK_K + offs_k)  # -1 pads a tap's last chunk
-            ih = ih0 + dy
-            iw = iw0 + dx
-            pixel_ok = m_ok & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            a = tl.load(x_ptr + (pixel + (dy * W + dx) * C_IN)[:, None] + c[None, :],
-                        mask=pixel_ok[:, None] & (c >= 0)[None, :], other=0.0)
-            b = tl.load(w_tile + j * (BLOCK_K * BLOCK_N))  # padded entries hold zeros
+            tap = tl.load(chunk_tap_ptr + chunk)
+            shift = ((tap // KW) * dil_h * W + (tap % KW) * dil_w) * C_IN
+            c = tl.max_contiguous(tl.multiple_of(tl.load(chunk_c_ptr + chunk * BLOCK_K + offs_k), 2), 2)
+            inside = ((valid >> tap) & 1) != 0
+            a = tl.load(x_ptr + (pixel + shift)[:, None] + c[None, :], mask=inside[:, None], other=0.0)
+            b = tl.load(w_tile + j * (BLOCK_K * BLOCK_N))  # slots outside the block hold zero weights
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
 
         rows = tl.load(rows_ptr + task * BLOCK_N + offs_n)
@@ -149,7 +155,11 @@ def build_structure(blocks, unit, out_channels, in_channels, kernel_size, dilati
     for g in groups:
         covered[g["rows"]] = True
     tile = _tile_rows([len(g["rows"]) for g in groups], [len(g["channel"]) for g in groups])
+    if kh * kw > MAX_TAPS:
+        raise ValueError(f"the Triton kernel takes kernels of at most {MAX_TAPS} taps, got {kh}x{kw}: "
+                         "use kernel='cuda' or 'cpu'")
     return {"tile": tile, "groups": groups, "unit": unit, "kernel_size": kernel_size, "dilation": dilation,
+            "in_channels": in_channels,
             "extent": (dh * (kh - 1) + 1, dw * (kw - 1) + 1), "uncovered": torch.nonzero(~covered).flatten(),
             "chunks": {}}
 
@@ -157,29 +167,33 @@ def build_structure(blocks, unit, out_channels, in_channels, kernel_size, dilati
 def chunks(structure, block_k):
     """Task and chunk tables for BLOCK_K = block_k (cached in `structure`).
     tasks [T, 3]: first chunk, chunk count, offset of the task's packed
-    weights; rows [T * BLOCK_N] (-1 pads); per chunk its tap offset (dy, dx,
-    dilation applied) and up to block_k input channels (-1 pads); tasks
-    sorted longest first. `slots` maps each group's packed K positions to its
-    column order, for pack_weights."""
+    weights; rows [T * BLOCK_N] (-1 pads); per chunk its tap and block_k
+    input channels in pairs (2p, 2p+1), every pair that holds a block column
+    of that tap; slots that hold no block column (the pair's other channel,
+    the padding pairs (0, 1)) get zero weights. Tasks sorted longest first.
+    `slots` maps each group's packed K positions to its column order (-1:
+    none), for pack_weights."""
     if block_k in structure["chunks"]:
         return structure["chunks"][block_k]
-    kh, kw = structure["kernel_size"]
-    dh, dw = structure["dilation"]
-    tile = structure["tile"]
-    tasks, task_rows, chunk_dy, chunk_dx, chunk_c, slots = [], [], [], [], [], []
+    tile, in_channels = structure["tile"], structure["in_channels"]
+    tasks, task_rows, chunk_tap, chunk_c, slots = [], [], [], [], []
     first = w_start = 0
     for g in structure["groups"]:
         slot = []  # for each packed K position: index into the group's columns, or -1
         for t in torch.unique_consecutive(g["tap"]).tolist():
             where = torch.nonzero(g["tap"] == t).flatten()
-            for i in range(0, len(where), block_k):
-                part = where[i: i + block_k]
-                chunk_dy.append((t // kw) * dh)
-                chunk_dx.append((t % kw) * dw)
-                chunk_c.append(_padded(g["channel"][part], block_k))
-                slot.append(_padded(part, block_k))
-        count = len(slot)
-        slots.append(torch.cat(slot))
+            column_of = dict(zip(g["channel"][where].tolist(), where.tolist()))
+            entries = []  # (channel, its column in the group or -1)
+            for p in sorted({c // 2 for c in column_of}):
+                second = 2 * p + 1 if 2 * p + 1 < in_channels else 2 * p  # odd C_IN: the last pair repeats
+                entries += [(2 * p, column_of.get(2 * p, -1)), (second, column_of.get(2 * p + 1, -1))]
+            entries += [(0, -1), (min(1, in_channels - 1), -1)] * (-(len(entries) // 2) % (block_k // 2))
+            for i in range(0, len(entries), block_k):
+                chunk_tap.append(t)
+                chunk_c.append(torch.tensor([c for c, _ in entries[i: i + block_k]]))
+                slot += [column for _, column in entries[i: i + block_k]]
+        count = len(slot) // block_k
+        slots.append(torch.tensor(slot, dtype=torch.long))
         for r in range(0, len(g["rows"]), tile):
             tasks.append((first, count, w_start))
             task_rows.append(_padded(g["rows"][r: r + tile], tile))
@@ -189,13 +203,10 @@ def chunks(structure, block_k):
         tasks.append((0, 0, 0))
         task_rows.append(_padded(structure["uncovered"][r: r + tile], tile))
     order = sorted(range(len(tasks)), key=lambda t: -tasks[t][1])  # longest first
-
-    def ints(values):
-        return torch.tensor(values, dtype=torch.int32) if values else torch.zeros(1, dtype=torch.int32)
     table = {"tasks": torch.tensor([tasks[t] for t in order], dtype=torch.int32).reshape(-1, 3),
              "rows": torch.stack([task_rows[t] for t in order]).to(torch.int32).reshape(-1),
-             "chunk_dy": ints(chunk_dy), "chunk_dx": ints(chunk_dx),
-             "chunk_c": torch.cat(chunk_c).to(torch.int32) if chunk_c else torch.zeros(1, dtype=torch.int32),
+             "chunk_tap": torch.tensor(chunk_tap or [0], dtype=torch.int32),
+             "chunk_c": torch.cat(chunk_c).to(torch.int32) if chunk_c else torch.zeros(block_k, dtype=torch.int32),
              "slots": slots, "block_k": block_k}
     structure["chunks"][block_k] = table
     return table
@@ -231,7 +242,7 @@ def pack_weights(structure, block_weights, dtype, device, block_k):
 
 def device_tables(structure, device, block_k, out_channels):
     table = chunks(structure, block_k)
-    tables = {key: table[key].to(device) for key in ("tasks", "rows", "chunk_dy", "chunk_dx", "chunk_c")}
+    tables = {key: table[key].to(device) for key in ("tasks", "rows", "chunk_tap", "chunk_c")}
     tables["zero_bias"] = torch.zeros(out_channels, device=device)
     return tables
 
@@ -272,24 +283,24 @@ def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padd
     precision = "ieee" if x.dtype == torch.float32 and not tf32_allowed() else "tf32"  # 16-bit inputs ignore it
     if bias is None:
         bias = tables["zero_bias"]
-    args = (x, weights, bias, out, tables["tasks"], tables["rows"], tables["chunk_dy"], tables["chunk_dx"],
-            tables["chunk_c"], m, c_in, h, w, oh, ow, out_channels, stride[0], stride[1], padding[0], padding[1])
+    args = (x, weights, bias, out, tables["tasks"], tables["rows"], tables["chunk_tap"], tables["chunk_c"], m, c_in,
+            h, w, oh, ow, out_channels, stride[0], stride[1], padding[0], padding[1], *structure["dilation"])
     kernel = _kernel(interpreting())
     tile = structure["tile"]
     num_tasks = tables["tasks"].shape[0]
+    kh, kw = structure["kernel_size"]
+    constants = {"KH": kh, "KW": kw, "PRECISION": precision, "BLOCK_N": tile, "BLOCK_K": chunk_size(x.dtype)}
     if config is None and x.device.type == "cpu":
         config = INTERPRETER_CONFIG
     elif config is None:  # layers of one shape share their tuned tiles
-        key = (x.device.index, x.dtype, precision, tile, c_in, out_channels, m, h, w, stride, padding)
-        config = _tuned(key, lambda cfg: _launch(kernel, args, precision, tile, num_tasks, cfg))
-    _launch(kernel, args, precision, tile, num_tasks, config)
+        key = (x.device.index, x.dtype, precision, tile, kh, kw, c_in, out_channels, m, h, w, stride, padding)
+        config = _tuned(key, lambda cfg: _launch(kernel, args, constants, num_tasks, m, cfg))
+    _launch(kernel, args, constants, num_tasks, m, config)
     return out
 
 
-def _launch(kernel, args, precision, tile, num_tasks, config):
-    m, block_k = args[9], chunk_size(args[0].dtype)
-    grid = (-(-m // config["BLOCK_M"]), num_tasks)
-    kernel[grid](*args, PRECISION=precision, BLOCK_N=tile, BLOCK_K=block_k, **config)
+def _launch(kernel, args, constants, num_tasks, m, config):
+    kernel[(-(-m // config["BLOCK_M"]), num_tasks)](*args, **constants, **config)
 
 
 _TUNED = {}  # shape key -> best config: a memo of a pure measurement, safe to share between runs
