@@ -65,7 +65,8 @@ def _kernel(interpret):
                                    "dil_h", "dil_w"])
     def regrouped_conv_kernel(x_ptr, w_ptr, bias_ptr, y_ptr, tasks_ptr, rows_ptr, chunk_tap_ptr, chunk_c_ptr,
                               M, C_IN, H, W, OH, OW, C_OUT, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w,
-                              KH: tl.constexpr, KW: tl.constexpr, PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
+                              KH: tl.constexpr, KW: tl.constexpr, CONTIGUOUS: tl.constexpr,
+                              PRECISION: tl.constexpr, BLOCK_M: tl.constexpr,
                               BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         pid_m = tl.program_id(0)
         task = tl.program_id(1)
@@ -99,7 +100,10 @@ def _kernel(interpret):
             chunk = first_chunk + j
             tap = tl.load(chunk_tap_ptr + chunk)
             shift = ((tap // KW) * dil_h * W + (tap % KW) * dil_w) * C_IN
-            c = tl.max_contiguous(tl.multiple_of(tl.load(chunk_c_ptr + chunk * BLOCK_K + offs_k), 2), 2)
+            if CONTIGUOUS:  # channel unit: the chunk is BLOCK_K consecutive channels of the gathered input
+                c = tl.multiple_of(tl.load(chunk_c_ptr + chunk), BLOCK_K) + offs_k
+            else:
+                c = tl.max_contiguous(tl.multiple_of(tl.load(chunk_c_ptr + chunk * BLOCK_K + offs_k), 2), 2)
             inside = ((valid >> tap) & 1) != 0
             a = tl.load(x_ptr + (pixel + shift)[:, None] + c[None, :], mask=inside[:, None], other=0.0)
             b = tl.load(w_tile + j * (BLOCK_K * BLOCK_N))  # slots outside the block hold zero weights
@@ -150,7 +154,7 @@ def build_structure(blocks, unit, out_channels, in_channels, kernel_size, dilati
             order = torch.argsort(tap * in_channels + channel, stable=True)
             channel, tap = channel[order], tap[order]
         groups.append({"members": members, "rows": torch.cat([r for _, r in members]), "channel": channel,
-                       "tap": tap, "order": order})
+                       "tap": tap, "order": order, "cols": cols})
     covered = torch.zeros(out_channels, dtype=torch.bool)
     for g in groups:
         covered[g["rows"]] = True
@@ -176,11 +180,13 @@ def chunks(structure, block_k):
     if block_k in structure["chunks"]:
         return structure["chunks"][block_k]
     tile, in_channels = structure["tile"], structure["in_channels"]
-    tasks, task_rows, chunk_tap, chunk_c, slots = [], [], [], [], []
+    tasks, task_rows, chunk_tap, chunk_c, slots, gather = [], [], [], [], [], []
     first = w_start = 0
     for g in structure["groups"]:
         slot = []  # for each packed K position: index into the group's columns, or -1
-        for t in torch.unique_consecutive(g["tap"]).tolist():
+        if structure["unit"] == "channel":
+            _channel_chunks(g, block_k, structure["kernel_size"], gather, chunk_tap, chunk_c, slot)
+        for t in torch.unique_consecutive(g["tap"]).tolist() if structure["unit"] != "channel" else []:
             where = torch.nonzero(g["tap"] == t).flatten()
             column_of = dict(zip(g["channel"][where].tolist(), where.tolist()))
             entries = []  # (channel, its column in the group or -1)
@@ -207,9 +213,25 @@ def chunks(structure, block_k):
              "rows": torch.stack([task_rows[t] for t in order]).to(torch.int32).reshape(-1),
              "chunk_tap": torch.tensor(chunk_tap or [0], dtype=torch.int32),
              "chunk_c": torch.cat(chunk_c).to(torch.int32) if chunk_c else torch.zeros(block_k, dtype=torch.int32),
-             "slots": slots, "block_k": block_k}
+             "slots": slots, "block_k": block_k, "contiguous": structure["unit"] == "channel",
+             "gather": torch.tensor(gather, dtype=torch.long) if gather else None}
     structure["chunks"][block_k] = table
     return table
+
+
+def _channel_chunks(group, block_k, kernel_size, gather, chunk_tap, chunk_c, slot):
+    """Channel unit: the group's input channels are gathered into consecutive
+    channels of one input copy (padded to block_k with a repeat of its first
+    channel, weight zero); each tap then reads them as contiguous chunks."""
+    kh, kw = kernel_size
+    cols = group["cols"].tolist()
+    offset = len(gather)
+    gather += cols + cols[:1] * (-len(cols) % block_k)
+    for t in range(kh * kw):
+        for i in range(0, len(gather) - offset, block_k):
+            chunk_tap.append(t)
+            chunk_c.append(torch.tensor([offset + i]))
+            slot += [t * len(cols) + j if j < len(cols) else -1 for j in range(i, i + block_k)]
 
 
 def _padded(values, size):
@@ -243,6 +265,7 @@ def pack_weights(structure, block_weights, dtype, device, block_k):
 def device_tables(structure, device, block_k, out_channels):
     table = chunks(structure, block_k)
     tables = {key: table[key].to(device) for key in ("tasks", "rows", "chunk_tap", "chunk_c")}
+    tables["gather"] = None if table["gather"] is None else table["gather"].to(device)
     tables["zero_bias"] = torch.zeros(out_channels, device=device)
     return tables
 
@@ -280,6 +303,10 @@ def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padd
     if max(x.numel(), out.numel()) >= 2 ** 31:
         raise ValueError("the Triton kernel indexes with 32-bit offsets: split the batch")
     m = n * oh * ow
+    if tables["gather"] is not None:  # channel unit: every group's input channels side by side, channels-last
+        flat = x.permute(0, 2, 3, 1).reshape(-1, c_in).index_select(1, tables["gather"])
+        c_in = flat.shape[1]
+        x = flat.view(n, h, w, c_in).permute(0, 3, 1, 2)
     precision = "ieee" if x.dtype == torch.float32 and not tf32_allowed() else "tf32"  # 16-bit inputs ignore it
     if bias is None:
         bias = tables["zero_bias"]
@@ -289,7 +316,7 @@ def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padd
     tile = structure["tile"]
     num_tasks = tables["tasks"].shape[0]
     kh, kw = structure["kernel_size"]
-    constants = {"KH": kh, "KW": kw, "PRECISION": precision, "BLOCK_N": tile, "BLOCK_K": chunk_size(x.dtype)}
+    constants = {"KH": kh, "KW": kw, "CONTIGUOUS": tables["gather"] is not None, "PRECISION": precision, "BLOCK_N": tile, "BLOCK_K": chunk_size(x.dtype)}
     if config is None and x.device.type == "cpu":
         config = INTERPRETER_CONFIG
     elif config is None:  # layers of one shape share their tuned tiles

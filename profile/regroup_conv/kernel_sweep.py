@@ -80,7 +80,7 @@ def main(args):
         structure = layer._triton_structure
         chunks = regrouped_triton.chunks(structure, regrouped_triton.chunk_size(dtype))
         print(f"{name}: input {shapes[name]}, density {info.density_after:.3f}, {len(info.blocks)} blocks, "
-              f"BLOCK_N {structure['tile']}, {chunks['tasks'].shape[0]} tasks, {len(chunks['chunk_dy'])} chunks "
+              f"BLOCK_N {structure['tile']}, {chunks['tasks'].shape[0]} tasks, {len(chunks['chunk_tap'])} chunks "
               f"of {chunks['block_k']}")
         if args.once:
             for fn, xs in calls.values():
