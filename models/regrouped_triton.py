@@ -16,9 +16,10 @@ itself writes their bias (or zeros), so no output buffer needs clearing.
 Block weights are packed once per (weights version, dtype, device) into
 [K, BLOCK_N] tiles, one per task, and cached by RegroupedConv2d.
 
-The kernel is decorated on first use, so TRITON_INTERPRET=1 set any time
-before that runs it on CPU tensors (Triton's interpreter; its bf16 dot is
-wrong and it ignores TF32, so bf16 and TF32 are checked on a GPU only).
+With TRITON_INTERPRET=1 in the environment before triton is first imported
+(triton decorates its own library at import), the kernel runs on CPU tensors
+in Triton's interpreter; its bf16 dot is wrong and it ignores TF32, so bf16
+and TF32 are checked on a GPU only.
 On a GPU the tile sizes are tuned per layer shape (a few configurations,
 CUDA-event medians, cached by shape); the interpreter uses one small fixed
 configuration.
@@ -55,7 +56,8 @@ def unavailable_reason(device):
 
 @functools.lru_cache(maxsize=None)
 def _kernel(interpret):
-    """The jitted kernel; `interpret` only keys the cache (triton.jit reads TRITON_INTERPRET when decorating)."""
+    """The jitted kernel, decorated on first use; `interpret` keys the cache
+    (triton.jit reads TRITON_INTERPRET when decorating)."""
     import triton
     import triton.language as tl
 

@@ -1,10 +1,15 @@
-"""Shared test helpers: the repository root on sys.path, and a runner for
-the entry scripts as a user runs them (a subprocess)."""
+"""Shared test helpers: the repository root on sys.path, Triton's CPU
+interpreter switched on, and a runner for the entry scripts as a user runs
+them (a subprocess)."""
 import os
 import subprocess
 import sys
 
 import pytest
+
+# Triton kernels run in Triton's CPU interpreter here. It must be chosen before triton is first imported
+# (triton decorates its own library functions at import), so before any test module imports torch code.
+os.environ.setdefault("TRITON_INTERPRET", "1")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:

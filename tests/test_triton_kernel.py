@@ -1,0 +1,109 @@
+"""The Triton kernel of the regrouped convolution, run by Triton's CPU
+interpreter (TRITON_INTERPRET=1), against F.conv2d in float64: both units,
+1x1 and 3x3, strides, padding, dilation, odd batches and channel counts,
+rows outside every block, fp32 and fp16 (the interpreter's bf16 dot is wrong
+and it ignores TF32: those are checked by profile/gpu_check.py on a GPU).
+Every output element must be written: the output buffer starts as NaN.
+conftest.py sets TRITON_INTERPRET=1 before triton is imported."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from models.regrouped import RegroupedConv2d, regroup_model
+from utils.gpu_bench import relative_error
+from utils.structured_bench import random_regrouped_layer
+
+triton = pytest.importorskip("triton", reason="triton has wheels for Linux x86-64 only")
+
+CASES = [  # (c_out, c_in, k, stride, padding, dilation, batch, size)
+    (40, 24, 3, 1, 1, 1, 3, 6),
+    (36, 21, 3, 2, 1, 1, 2, 7),  # odd input channels: the last channel pair repeats its channel
+    (33, 20, 1, 1, 0, 1, 3, 5),
+    (30, 16, 1, 2, 0, 1, 1, 6),
+    (24, 12, 3, 1, 2, 2, 1, 7),
+    (20, 10, 3, 1, 0, 1, 3, 6),
+]
+LIMIT = {torch.float32: 1e-5, torch.float16: 3e-3}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16], ids=["fp32", "fp16"])
+@pytest.mark.parametrize("unit", ["weight", "channel"])
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}" for c in CASES])
+def test_kernel_matches_conv2d_and_writes_every_output(case, unit, dtype):
+    c_out, c_in, k, stride, padding, dilation, batch, size = case
+    generator = torch.Generator().manual_seed(hash((case, unit)) % 2 ** 31)
+    weight, blocks, bias = random_regrouped_layer(c_out, c_in, k, unit, generator)
+    covered = torch.cat([rows for rows, _ in blocks]).unique()
+    assert len(covered) < c_out, "the case must have rows outside every block"
+    conv = RegroupedConv2d(weight, blocks, unit, stride, padding, dilation, bias, kernel="triton").to(dtype)
+    x = torch.randn(batch, c_in, size, size, generator=generator, dtype=torch.float64)
+    reference = F.conv2d(x, weight.double(), bias.double(), stride, padding, dilation)
+    out = torch.full(reference.shape, float("nan"), dtype=dtype).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        got = conv._forward_triton(x.to(dtype), out=out)
+    assert got.data_ptr() == out.data_ptr() and got.is_contiguous(memory_format=torch.channels_last)
+    assert bool(torch.isfinite(got).all()), "an output element was not written"
+    assert relative_error(got, reference) < LIMIT[dtype]
+
+
+def test_gradients_match_autograd_through_conv2d():
+    generator = torch.Generator().manual_seed(5)
+    weight, blocks, bias = random_regrouped_layer(24, 10, 3, "weight", generator)
+    conv = RegroupedConv2d(weight, blocks, "weight", 2, 1, 1, bias, kernel="triton")
+    x = torch.randn(3, 10, 9, 9, generator=generator, requires_grad=True)
+    target = torch.randn(3, 24, 5, 5, generator=generator)
+    (conv(x) * target).sum().backward()
+    dense = conv.dense_weight().detach().requires_grad_()
+    b = conv.bias.detach().clone().requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    (F.conv2d(x2, dense, b, 2, 1) * target).sum().backward()
+    inside = conv.scatter_blocks([torch.ones_like(w) for w in conv.block_weights])
+    assert relative_error(x.grad, x2.grad) < 1e-5
+    assert relative_error(conv.bias.grad, b.grad) < 1e-5
+    assert relative_error(conv.scatter_blocks([w.grad for w in conv.block_weights]), dense.grad * inside) < 1e-5
+
+
+def test_packed_weights_follow_in_place_updates():
+    generator = torch.Generator().manual_seed(6)
+    weight, blocks, _ = random_regrouped_layer(20, 12, 3, "channel", generator)
+    conv = RegroupedConv2d(weight, blocks, "channel", 1, 1, kernel="triton")
+    x = torch.randn(2, 12, 5, 5, generator=generator)
+    with torch.no_grad():
+        conv(x)
+        conv.block_weights[0].mul_(-3.0)  # an optimizer step, say: the cached packing must not be reused
+        got = conv(x)
+    assert relative_error(got, F.conv2d(x.double(), conv.dense_weight().double(), None, 1, 1)) < 1e-5
+
+
+def test_a_regrouped_network_runs_through_the_kernel():
+    from models import build_model
+    from pruner.magnitude import global_magnitude_prune
+    from pruner.masking import apply_mask, strip_masks
+    from utils.structured_bench import copied, regroup_by_rows
+    torch.manual_seed(0)
+    model = build_model("res20s", 10, 3).eval()
+    mask = global_magnitude_prune(model, 0.8)
+    regrouped_mask, infos = regroup_by_rows(mask, 8, "weight")
+    apply_mask(model, regrouped_mask)
+    regrouped, choice = regroup_model(copied(model), infos, "weight", kernel="triton")
+    strip_masks(regrouped)
+    assert sum(c == "regrouped" for c in choice.values()) == len(infos)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert relative_error(regrouped(x), model.double()(x.double())) < 1e-5
+
+
+def test_kernel_choice_errors(monkeypatch):
+    weight, blocks, _ = random_regrouped_layer(20, 8, 3, "weight", torch.Generator().manual_seed(7))
+    x = torch.randn(1, 8, 5, 5)
+    with pytest.raises(ValueError, match="unknown kernel 'cudnn'; valid: auto, triton, cuda, cpu"):
+        RegroupedConv2d(weight, blocks, kernel="cudnn")
+    with pytest.raises(RuntimeError, match="'cuda' kernel cannot run on a cpu tensor"):
+        RegroupedConv2d(weight, blocks, kernel="cuda")(x)
+    with pytest.raises(ValueError, match="float32, float16 or bfloat16"):
+        RegroupedConv2d(weight, blocks, kernel="triton").double()._forward_triton(x.double())
+    auto = RegroupedConv2d(weight, blocks)
+    assert auto.kernel_for(x) == "cpu"
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        RegroupedConv2d(weight, blocks, kernel="triton")(x)
