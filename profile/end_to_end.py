@@ -1,14 +1,22 @@
-"""Whole-network inference of one ticket in four forms, side by side:
+"""Whole-network inference of one ticket in its forms, side by side:
 dense (the same weights, no masks), masked (the unstructured ticket),
 slimmed refill (refilled by magnitude, channels cut out) and regrouped
-(blocks computed by the regrouped convolution: the CUDA kernel on a GPU,
-the CPU path otherwise). Each structured form is checked against the masked
-model it implements; FLOPs per image are printed beside the times.
+(blocks computed by the regrouped convolution). Each structured form is
+checked against the masked model it implements; FLOPs per image beside.
 
     python profile/end_to_end.py runs/res18_imp/5checkpoint.pth.tar --arch res18 --batch_size 64 --image_size 32
+    python profile/end_to_end.py TICKET --batch_size 1 64 256 --dtype bf16 --cuda_graphs        # on a GPU
+
+On a GPU (utils/structured_bench.end_to_end_gpu): dense vs regrouped vs
+slimmed refill in --dtype (TF32 switches printed and applied to all),
+channels-last, cudnn.benchmark on; the regrouped model keeps cuDNN for each
+layer where --kernel is slower on that layer's input (CUDA-graph timing);
+with --cuda_graphs every model is timed as CUDA-graph replays, else eagerly
+(Python's launch overhead included); medians and p10-p90 of --repeats over
+rotating inputs. On the CPU: the CPU paths in fp32, each layer keeping its
+dense convolution where the block path times slower, alternating medians.
 """
 import argparse
-import copy
 import functools
 import os
 import sys
@@ -20,15 +28,15 @@ import torch  # noqa: E402
 from models import build_model  # noqa: E402
 from models.regrouped import regroup_model  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
-from pruner.masking import apply_mask, load_plain_weights, load_weights, refresh_masked_weights, strip_masks  # noqa: E402
-from pruner.refill import refill  # noqa: E402
-from pruner.regroup import regroup_mask  # noqa: E402
-from pruner.slim import slim  # noqa: E402
+from pruner.masking import load_weights, strip_masks  # noqa: E402
+from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
 from utils.checkpoint import load_file, plain_weights, state_dict_of  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
+from utils.gpu_bench import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
 from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
+from utils.structured_bench import build_tickets, copied, end_to_end_gpu  # noqa: E402
 
 
 def get_args_parser():
@@ -38,14 +46,19 @@ def get_args_parser():
     p.add_argument("--num_classes", type=int, default=None, help="default: from the checkpoint's classifier")
     p.add_argument("--in_channels", type=int, default=None, help="default: from the checkpoint's stem")
     p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--batch_size", type=int, default=64)
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--batch_size", type=int, nargs="+", default=[64], help="one or several batch sizes")
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (default: 50 on a GPU, 10 on the CPU)")
     p.add_argument("--t1", type=float, default=1.5)
     p.add_argument("--cn", type=int, default=8)
     p.add_argument("--nn", type=int, default=32)
     p.add_argument("--b2", type=int, default=16)
     p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"])
     p.add_argument("--gpu", type=int, default=None)
+    g = p.add_argument_group("GPU")
+    g.add_argument("--kernel", default="triton", choices=["triton", "cuda"], help="the regrouped kernel on a GPU")
+    g.add_argument("--dtype", default=None, choices=list(PRECISIONS),
+                   help="precision of every model (default: tf32 on a GPU; fp32 on the CPU)")
+    g.add_argument("--cuda_graphs", action="store_true", help="time every model as CUDA-graph replays")
     return p
 
 
@@ -69,62 +82,80 @@ def ticket_model(args):
 
 @torch.no_grad()
 def main(args):
+    check_regroup_args(args.t1, args.cn, args.nn, args.b2, args.regroup_unit)
+    if min(args.batch_size) < 1 or args.image_size < 1:
+        raise UserError(f"batch sizes and --image_size must be at least 1, got {args.batch_size} / {args.image_size}")
     device = select_device(args.gpu)
     masked, in_channels = ticket_model(args)
     mask = Mask.from_model(masked)
-    shape = (args.batch_size, in_channels, args.image_size, args.image_size)
+    tickets = build_tickets(masked, mask, functools.partial(
+        regroup_mask, t1=args.t1, cn=args.cn, nn=args.nn, b2=args.b2, seed=0, partitioner="greedy",
+        unit=args.regroup_unit))
+    infos = tickets["infos"]
+    print(f"{args.checkpoint}: ticket sparsity {100 * mask.sparsity():.2f}% | refill "
+          f"{100 * tickets['refilled_mask'].sparsity():.2f}% | regroup {100 * tickets['regrouped_mask'].sparsity():.2f}% "
+          f"({sum(not i.kept_mask for i in infos.values())}/{len(infos)} layers with blocks)")
+    if device.type == "cuda":
+        return gpu_tables(args, tickets, in_channels, device)
+    if args.dtype not in (None, "fp32"):
+        raise UserError(f"--dtype {args.dtype}: the CPU paths compute in fp32 (other precisions need a GPU)")
+    print(environment_line(device))
+    return {batch: cpu_table(args, tickets, mask, (batch, in_channels, args.image_size, args.image_size))
+            for batch in args.batch_size}
+
+
+def cpu_table(args, tickets, mask, shape):
+    """Dense, masked, slimmed refill and regrouped on the CPU at one input shape; {variant: seconds}."""
     one = (1,) + shape[1:]
     x = torch.rand(shape)
-
-    dense = strip_masks(copied(masked))
-    load_plain_weights(dense, {k.replace("_orig", ""): v for k, v in masked.state_dict().items() if not k.endswith("_mask")})
-
-    refilled_mask = refill(masked, mask, "magnitude", 0.0)
-    refilled = copied(masked)
-    apply_mask(refilled, refilled_mask)
-    slimmed = slim(refilled)
-
-    regrouped_mask, infos = regroup_mask(mask, args.t1, args.cn, args.nn, args.b2, 0, "greedy", args.regroup_unit)
-    regroup_reference = copied(masked)
-    apply_mask(regroup_reference, regrouped_mask)
-    # On the CPU each layer keeps its masked dense convolution where the block path times slower on its
-    # input; on a GPU every layer with blocks runs the kernel (the per-layer table is conv.py's job).
-    regrouped, choice = regroup_model(copied(regroup_reference), infos, args.regroup_unit,
-                                      x if device.type == "cpu" else None)
+    # Each layer keeps its masked dense convolution where the block path times slower on its input.
+    regrouped, choice = regroup_model(copied(tickets["regroup_reference"]), tickets["infos"], args.regroup_unit, x)
     strip_masks(regrouped)  # its layers without blocks run as plain convolutions on the zeroed weights
-
+    masked = tickets["masked"]
     variants = {  # name: (model, model it must equal, FLOPs per image)
-        "dense": (dense, None, model_flops(dense, one)),
+        "dense": (tickets["dense"], None, model_flops(tickets["dense"], one)),
         "masked (unstructured)": (masked, None, _ideal(masked, one, mask)),
-        "slimmed refill": (slimmed, refilled, model_flops(slimmed, one)),
-        f"regrouped ({args.regroup_unit})": (regrouped, regroup_reference, _ideal(masked, one, regrouped_mask)),
+        "slimmed refill": (tickets["slimmed"], tickets["refilled"], model_flops(tickets["slimmed"], one)),
+        f"regrouped ({args.regroup_unit})": (regrouped, tickets["regroup_reference"],
+                                             _ideal(masked, one, tickets["regrouped_mask"])),
     }
-    print(environment_line(device))
-    print(f"{args.checkpoint}: input {shape} | ticket sparsity {100 * mask.sparsity():.2f}% | refill "
-          f"{100 * refilled_mask.sparsity():.2f}% | regroup {100 * regrouped_mask.sparsity():.2f}% "
-          f"({sum(not i.kept_mask for i in infos.values())}/{len(infos)} layers with blocks, "
-          f"{sum(c == 'regrouped' for c in choice.values())} run as blocks)")
+    print(f"input {shape} | {sum(c == 'regrouped' for c in choice.values())} layers run as blocks")
     print(f"{'variant':<24} {'ms':>9} {'speedup':>8} {'MFLOPs/img':>11} {'max |diff|':>11}")
-    x = x.to(device)
     diffs = {}
     for name, (model, reference, _) in variants.items():
-        model.to(device).eval()
+        model.eval()
         diffs[name] = float("nan")
         if reference is not None:
-            diffs[name] = (model(x) - reference.to(device).eval()(x)).abs().max().item()
+            diffs[name] = (model(x) - reference.eval()(x)).abs().max().item()
             if diffs[name] > 1e-3:
                 raise UserError(f"{name} differs from the masked model it implements by {diffs[name]:.2e}")
     seconds = alternating_medians({name: functools.partial(model, x) for name, (model, _, _) in variants.items()},
-                                  device, args.repeats)
+                                  torch.device("cpu"), args.repeats or 10)
     for name, (_, _, flops) in variants.items():
         print(f"{name:<24} {1e3 * seconds[name]:9.2f} {seconds['dense'] / seconds[name]:7.2f}x {flops / 1e6:11.2f} "
               f"{diffs[name]:11.1e}")
+    return seconds
 
 
-def copied(model):
-    """A deep copy (prune's cached weights refreshed without autograd first)."""
-    refresh_masked_weights(model)
-    return copy.deepcopy(model)
+def gpu_tables(args, tickets, in_channels, device):
+    """end_to_end_gpu per batch size; returns {batch: its result}."""
+    precision = args.dtype or "tf32"
+    print(versions_line(versions()))
+    results = {}
+    for batch in args.batch_size:
+        shape = (batch, in_channels, args.image_size, args.image_size)
+        row = end_to_end_gpu(tickets, shape, precision, args.regroup_unit, args.kernel, args.repeats or 50,
+                             args.cuda_graphs, device)
+        if batch == args.batch_size[0]:
+            print(precision_line(precision) + f" | {'CUDA graphs' if args.cuda_graphs else 'eager'} | "
+                  f"kernel {args.kernel}")
+        layers = sum(c == "regrouped" for c in row["choice"].values())
+        print(f"input {shape} | regrouped: {layers} layers on {args.kernel}, the others on cuDNN")
+        print(f"  {'variant':<16} {'ms':>9} {'p10-p90':>17} {'speedup':>8} {'rel. error':>11}")
+        for name, v in row["variants"].items():
+            print(f"  {name:<16} {v['ms']:9.3f} {v['p10']:8.3f}-{v['p90']:<8.3f} {v['speedup']:7.2f}x {v['error']:11.1e}")
+        results[batch] = row
+    return results
 
 
 def _ideal(model, shape, mask):

@@ -14,7 +14,7 @@ from utils.errors import UserError
 def add_shape_args(parser):
     g = parser.add_argument_group("layer input (defaults: what split.py recorded, else CIFAR-10 shapes)")
     g.add_argument("--kernel_file", required=True, help="a layer file written by profile/regroup_conv/split.py")
-    g.add_argument("--batch_size", type=int, default=64)
+    g.add_argument("--batch_size", type=int, nargs="+", default=[64], help="one or several batch sizes")
     g.add_argument("--input_height", type=int, default=None)
     g.add_argument("--input_width", type=int, default=None)
     g.add_argument("--vertical_stride", type=int, default=None)
@@ -26,7 +26,8 @@ def add_shape_args(parser):
 
 
 def load_layer(args):
-    """(weight [c_out, c_in, kh, kw], geometry dict) from --kernel_file and the shape flags."""
+    """(weight [c_out, c_in, kh, kw], geometry dict) from --kernel_file and the shape flags
+    (geometry["batches"]: the batch sizes to run)."""
     obj = load_file(args.kernel_file, "--kernel_file")
     weight = obj.get("weight") if isinstance(obj, dict) else obj
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
@@ -35,16 +36,17 @@ def load_layer(args):
     rec = obj if isinstance(obj, dict) else {}
     kh, kw = weight.shape[2:]
     geometry = {
-        "batch": args.batch_size,
+        "batches": list(args.batch_size),
         "height": args.input_height or rec.get("input_hw", (32, 32))[0],
         "width": args.input_width or rec.get("input_hw", (32, 32))[1],
         "stride": (args.vertical_stride or rec.get("stride", (1, 1))[0], args.horizontal_stride or rec.get("stride", (1, 1))[1]),
         "padding": (rec.get("padding", (kh // 2, kw // 2))[0] if args.vertical_padding is None else args.vertical_padding,
                     rec.get("padding", (kh // 2, kw // 2))[1] if args.horizontal_padding is None else args.horizontal_padding),
     }
-    for key in ("batch", "height", "width"):
-        if geometry[key] < 1:
-            raise UserError(f"{key} must be at least 1, got {geometry[key]}")
+    for key, value in [("batch size", min(geometry["batches"])), ("height", geometry["height"]),
+                       ("width", geometry["width"])]:
+        if value < 1:
+            raise UserError(f"{key} must be at least 1, got {value}")
     if min(geometry["stride"]) < 1 or min(geometry["padding"]) < 0:
         raise UserError(f"strides must be >= 1 and paddings >= 0, got {geometry['stride']} / {geometry['padding']}")
     out_h = (geometry["height"] + 2 * geometry["padding"][0] - kh) // geometry["stride"][0] + 1

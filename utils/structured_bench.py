@@ -19,7 +19,7 @@ from models import build_model
 from models.regrouped import RegroupedConv2d, regroup_model
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
-from pruner.masking import apply_mask, refresh_masked_weights, strip_masks
+from pruner.masking import apply_mask, load_plain_weights, refresh_masked_weights, strip_masks
 from pruner.refill import refill
 from pruner.regroup import regroup_layer
 from pruner.slim import slim
@@ -83,7 +83,9 @@ def build_tickets(masked, mask, regroup):
     """The forms of one ticket: dense (same weights, no masks), masked,
     refilled (magnitude) and slimmed, regroup's masked reference; `regroup`
     maps the mask to (regrouped mask, infos)."""
-    dense = strip_masks(copied(masked))
+    dense = strip_masks(copied(masked))  # then the unpruned weights: dense timings never run on zeros
+    load_plain_weights(dense, {k.replace("_orig", ""): v for k, v in masked.state_dict().items()
+                               if not k.endswith("_mask")})
     refilled_mask = refill(masked, mask, "magnitude", 0.0)
     refilled = copied(masked)
     apply_mask(refilled, refilled_mask)

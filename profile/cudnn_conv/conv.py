@@ -31,12 +31,15 @@ def main(args):
     weight, geo = load_layer(args)
     device = select_device(args.gpu)
     torch.backends.cudnn.benchmark = True
-    x = torch.randn(geo["batch"], weight.shape[1], geo["height"], geo["width"], device=device)  # not all zeros
     w = weight.to(device)
-    seconds = median_seconds(lambda: F.conv2d(x, w, None, geo["stride"], geo["padding"]), device, args.repeats)
     print(environment_line(device))
-    print(f"{args.kernel_file}: weight {tuple(weight.shape)}, input {tuple(x.shape)}, stride {geo['stride']}, "
-          f"padding {geo['padding']} | dense conv median {1e3 * seconds:.3f} ms over {args.repeats} runs")
+    seconds = {}
+    for batch in geo["batches"]:
+        x = torch.randn(batch, weight.shape[1], geo["height"], geo["width"], device=device)  # not all zeros
+        seconds[batch] = median_seconds(lambda: F.conv2d(x, w, None, geo["stride"], geo["padding"]), device,
+                                        args.repeats)
+        print(f"{args.kernel_file}: weight {tuple(weight.shape)}, input {tuple(x.shape)}, stride {geo['stride']}, "
+              f"padding {geo['padding']} | dense conv median {1e3 * seconds[batch]:.3f} ms over {args.repeats} runs")
     return seconds
 
 

@@ -1,14 +1,20 @@
-"""Regroup one layer, run it through the regrouped-convolution kernel, check
+"""Regroup one layer, run it through a regrouped-convolution kernel, check
 it against F.conv2d on the regrouped weight and time it against the vendor
 convolution of the same layer.
 
-    python profile/regroup_conv/conv.py --kernel_file runs/layers/layer3.0.conv2.pth.tar --batch_size 64
-    python profile/regroup_conv/conv.py --build-only          # compile the CUDA kernel (no GPU needed)
+    python profile/regroup_conv/conv.py --kernel_file runs/layers/layer3.0.conv2.pth.tar --batch_size 1 64 256
+    python profile/regroup_conv/conv.py --kernel_file ... --kernel cuda --dtype fp32
+    python profile/regroup_conv/conv.py --build-only          # compile the CUDA C kernel (no GPU needed)
 
-On a GPU: the CUDA kernel (compiled by nvcc on first use, cached by content)
-against cuDNN in benchmark mode. Without a GPU: the CPU path (per-block
-convolutions for --regroup_unit channel, im2col products for weight) against
-oneDNN. Both: warm-up, median of --repeats runs, relative error < 1e-4.
+On a GPU (utils/structured_bench.compare_layer): --kernel triton (default)
+or cuda (the CUDA C reference: fp32 FMA on NCHW copies of the inputs)
+against cuDNN, both in --dtype (fp32 = TF32 off, tf32, fp16, bf16; the TF32
+switches printed), channels-last, cudnn.benchmark on; outputs checked
+against float64 into a poisoned buffer first; CUDA-graph replays over
+rotating inputs larger than the L2 cache, median and p10-p90 of --repeats.
+Without a GPU: the CPU path (a grouped convolution over gathered channels
+for --regroup_unit channel, im2col products for weight) against oneDNN in
+fp32, alternating medians, relative error < 1e-4.
 """
 import argparse
 import os
@@ -22,6 +28,7 @@ import torch.nn.functional as F  # noqa: E402
 from models.regrouped import RegroupedConv2d  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_layer  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
+from utils.gpu_bench import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
 from utils.layer_bench import add_shape_args, environment_line, load_layer, alternating_medians  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
@@ -40,6 +47,10 @@ def get_args_parser():
     g.add_argument("--b2", type=int, default=16)
     g.add_argument("--regroup_unit", default="weight", choices=["weight", "channel"])
     g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("GPU")
+    g.add_argument("--kernel", default="triton", choices=["triton", "cuda"], help="the regrouped kernel on a GPU")
+    g.add_argument("--dtype", default=None, choices=list(PRECISIONS),
+                   help="precision of both sides (default: tf32 on a GPU, as cuDNN's default; fp32 on the CPU)")
     return p
 
 
@@ -69,28 +80,54 @@ def main(args):
         raise UserError(f"'{args.kernel_file}' has no dense block with t1 {args.t1}, cn {args.cn}, b2 {args.b2} "
                         f"({weight.shape[0]} rows): nothing to run; try a smaller --b2 or --cn")
     device = select_device(args.gpu)
-    torch.backends.cudnn.benchmark = True
-    regrouped_weight = (weight * new_mask).to(device)
-    conv = RegroupedConv2d(regrouped_weight.cpu(), info.blocks, args.regroup_unit, geo["stride"], geo["padding"]).to(device)
-    x = torch.randn(geo["batch"], weight.shape[1], geo["height"], geo["width"], device=device)
-    reference = F.conv2d(x, regrouped_weight, None, geo["stride"], geo["padding"])
-    got = conv(x)
-    error = ((got - reference).abs().max() / reference.abs().max().clamp(min=1e-12)).item()
-    path = "CUDA kernel" if device.type == "cuda" else "CPU path"
-    if not error < MAX_RELATIVE_ERROR:
-        raise UserError(f"the {path} disagrees with F.conv2d: relative error {error:.2e} >= {MAX_RELATIVE_ERROR:g}")
-    medians = alternating_medians({"regroup": lambda: conv(x), "dense": lambda: F.conv2d(
-        x, regrouped_weight, None, geo["stride"], geo["padding"])}, device, args.repeats, warmup=5)
-    t_regroup, t_dense = medians["regroup"], medians["dense"]
-    vendor = "cuDNN" if device.type == "cuda" else "oneDNN"
+    regrouped_weight = weight * new_mask
+    print(f"{args.kernel_file}: weight {tuple(weight.shape)}, stride {geo['stride']}, padding {geo['padding']}, "
+          f"unit {args.regroup_unit} | {len(info.blocks)} blocks | density {100 * info.density_before:.2f}% -> "
+          f"{100 * info.density_after:.2f}% | nonzeros kept {100 * info.nonzeros_kept:.2f}%")
+    if device.type == "cuda":
+        return gpu_rows(args, regrouped_weight, info, geo, device)
+    if args.dtype not in (None, "fp32"):
+        raise UserError(f"--dtype {args.dtype}: the CPU path computes in fp32 (other precisions need a GPU)")
     print(environment_line(device))
-    print(f"{args.kernel_file}: weight {tuple(weight.shape)}, input {tuple(x.shape)}, stride {geo['stride']}, "
-          f"padding {geo['padding']}, unit {args.regroup_unit}")
-    print(f"  {len(info.blocks)} blocks | density {100 * info.density_before:.2f}% -> {100 * info.density_after:.2f}% | "
-          f"nonzeros kept {100 * info.nonzeros_kept:.2f}% | relative error {error:.1e}")
-    print(f"  {path} {1e3 * t_regroup:.3f} ms | {vendor} dense {1e3 * t_dense:.3f} ms | "
-          f"speedup {t_dense / t_regroup:.2f}x (median of {args.repeats})")
-    return t_dense / t_regroup
+    speedups = {}
+    conv = RegroupedConv2d(regrouped_weight, info.blocks, args.regroup_unit, geo["stride"], geo["padding"])
+    for batch in geo["batches"]:
+        x = torch.randn(batch, weight.shape[1], geo["height"], geo["width"])
+        reference = F.conv2d(x, regrouped_weight, None, geo["stride"], geo["padding"])
+        error = ((conv(x) - reference).abs().max() / reference.abs().max().clamp(min=1e-12)).item()
+        if not error < MAX_RELATIVE_ERROR:
+            raise UserError(f"the CPU path disagrees with F.conv2d: relative error {error:.2e} >= {MAX_RELATIVE_ERROR:g}")
+        medians = alternating_medians({"regroup": lambda: conv(x), "dense": lambda: F.conv2d(
+            x, regrouped_weight, None, geo["stride"], geo["padding"])}, device, args.repeats, warmup=5)
+        t_regroup, t_dense = medians["regroup"], medians["dense"]
+        speedups[batch] = t_dense / t_regroup
+        print(f"  input {tuple(x.shape)} | relative error {error:.1e} | CPU path {1e3 * t_regroup:.3f} ms | oneDNN dense "
+              f"{1e3 * t_dense:.3f} ms | speedup {speedups[batch]:.2f}x (median of {args.repeats})")
+    return speedups
+
+
+def gpu_rows(args, regrouped_weight, info, geo, device):
+    """The GPU comparison per batch size; returns {batch: cuDNN time / kernel time}."""
+    from utils.structured_bench import compare_layer
+    precision = args.dtype or "tf32"
+    print(versions_line(versions()))
+    speedups = {}
+    for batch in geo["batches"]:
+        shape = (batch, regrouped_weight.shape[1], geo["height"], geo["width"])
+        row = compare_layer(regrouped_weight, info.blocks, args.regroup_unit, geo["stride"], geo["padding"], (1, 1),
+                            shape, precision, (args.kernel,), args.repeats, device=device, seed=args.seed)
+        if batch == geo["batches"][0]:
+            print(precision_line(precision))
+        kernel, cudnn = row[args.kernel], row["cudnn"]
+        if not kernel["ok"]:
+            raise UserError(f"the {args.kernel} kernel disagrees with F.conv2d in {precision}: relative error "
+                            f"{kernel['error']:.2e}")
+        speedups[batch] = 1 / kernel["vs_cudnn"]
+        print(f"  input {shape} | relative error {kernel['error']:.1e} | {args.kernel} {kernel['ms']:.4f} ms "
+              f"[{kernel['p10']:.4f}-{kernel['p90']:.4f}] | cuDNN {cudnn['ms']:.4f} ms [{cudnn['p10']:.4f}-"
+              f"{cudnn['p90']:.4f}] | {args.kernel} / cuDNN {kernel['vs_cudnn']:.2f} (CUDA-graph medians of "
+              f"{args.repeats}, {row['buffers']} rotating inputs)")
+    return speedups
 
 
 if __name__ == "__main__":
