@@ -218,7 +218,8 @@ def end_to_end(args, tickets):
         forms = build_tickets(masked, mask, regroup)
         for batch in args.batch_sizes:
             for precision in args.precisions:
-                for graphs in (True, False) if batch == args.batch_sizes[0] else (True,):
+                eager_too = batch == args.batch_sizes[0] and precision == args.precisions[-1]
+                for graphs in (True, False) if eager_too else (True,):
                     row = end_to_end_gpu(forms, (batch, 3, 32, 32), precision, args.regroup_unit,
                                          repeats=args.repeats, cuda_graphs=graphs)
                     row.update(sparsity=sparsity, batch=batch, cuda_graphs=graphs,

@@ -105,3 +105,27 @@ def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
     assert cpu_speed.returncode == 0, cpu_speed.stderr
     ends = [line for line in cpu_speed.stdout.splitlines() if "end to end" in line]
     assert len(ends) == 2 and all("max |diff|" in line and float(line.split()[-1]) < 1e-3 for line in ends)
+
+
+def test_gpu_scripts_stop_with_one_line_without_a_gpu(tmp_path):
+    """profile/gpu_check.py and kernel_sweep.py need CUDA: one line, exit 2, nothing written."""
+    for script, args in [("profile/gpu_check.py", ["--out", tmp_path / "check"]),
+                         ("profile/regroup_conv/kernel_sweep.py", [])]:
+        proc = run_script(script, *args, env={"CUDA_VISIBLE_DEVICES": ""})
+        lines = [line for line in proc.stderr.splitlines() if line.strip()]
+        assert proc.returncode == 2 and len(lines) == 1 and "CUDA GPU" in lines[0], proc.stderr
+    assert not (tmp_path / "check").exists()
+
+
+def test_layer_and_network_scripts_refuse_gpu_precisions_on_the_cpu(digits_imp_run, tmp_path, cli_error):
+    conv = load_script("profile/regroup_conv/conv.py")
+    g = torch.Generator().manual_seed(0)
+    layer = tmp_path / "layer.pth.tar"
+    torch.save({"weight": torch.randn(64, 32, 3, 3, generator=g) * (torch.rand(64, 32, 3, 3, generator=g) > 0.7),
+                "input_hw": (6, 6)}, layer)
+    line = cli_error(conv, ["--kernel_file", str(layer), "--b2", "4", "--dtype", "bf16", "--batch_size", "2"])
+    assert "--dtype bf16: the CPU path computes in fp32" in line
+    end_to_end = load_script("profile/end_to_end.py")
+    line = cli_error(end_to_end, [str(digits_imp_run / "1checkpoint.pth.tar"), "--image_size", "8", "--dtype", "tf32"])
+    assert "--dtype tf32: the CPU paths compute in fp32" in line
+    assert "must be at least 1" in cli_error(end_to_end, [str(digits_imp_run / "1checkpoint.pth.tar"), "--batch_size", "0"])
