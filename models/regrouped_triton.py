@@ -1,28 +1,35 @@
 """Triton kernel for the regrouped convolution's forward pass: an implicit
 GEMM whose K dimension is gathered (DESIGN.md §7).
 
-    y[m, row] = bias[row] + sum_k  x[pixel(m) + offset(k)] * w[k, row]
+    y[m, row] = bias[row] + sum_k  x[pixel(m) + shift(tap_k) + channel_k] * w[k, row]
 
-M runs over output pixels (N*OH*OW, channels-last, so a pixel's channels
-are contiguous); a program's N tile is up to BLOCK_N rows of one block; K is
-that block's column table, one (input channel, dy, dx) entry per column
-(every tap of each input channel in the channel unit), ordered tap-major so
-that the entries of one k-step mostly read one pixel's cache line. All blocks
-of a layer are one launch: grid = (pixel tiles, tasks), a task being one row
-tile of one block, tasks sorted longest K first so the heavy ones start
-first. Output rows outside every block form tasks with K = 0: the kernel
-itself writes their bias (or zeros), so no output buffer needs clearing.
+M runs over output pixels (N*OH*OW; input and output channels-last, so a
+pixel's channels are contiguous); a program's N tile is up to BLOCK_N rows of
+one block (blocks with the same columns merged first); K is that block's
+(tap, input channel) columns, stepped through in chunks of BLOCK_K channels
+of one tap, so the bounds check is one bit per pixel and a chunk reads the
+same few cache lines of each pixel. Weight unit: a chunk lists its channels
+in pairs (2p, 2p+1) — the pair makes K the contiguous axis when Triton lays
+out the gathered tile (Triton 3.6 and 3.8 break ties between equally
+unknown axes in opposite directions) — and slots outside the block carry
+zero weights. Channel unit: the blocks' input channels are gathered once
+into one copy, and a chunk is BLOCK_K consecutive channels of it (16-byte
+loads). All blocks of a layer are one launch: grid = (pixel tiles, tasks),
+a task being one row tile of one block, longest first. Output rows outside
+every block form tasks without chunks: the kernel itself writes their bias
+(or zeros), so no output buffer needs clearing.
 
-Block weights are packed once per (weights version, dtype, device) into
-[K, BLOCK_N] tiles, one per task, and cached by RegroupedConv2d.
+Block weights are packed per (dtype, weights version, device) into
+[chunks, BLOCK_K, BLOCK_N] tiles, one set per task, and cached by
+RegroupedConv2d. On a GPU the tiles (BLOCK_M, warps, stages) are tuned per
+layer shape (triton.testing.do_bench over GPU_CONFIGS, cached by shape); the
+interpreter uses one small fixed configuration.
 
 With TRITON_INTERPRET=1 in the environment before triton is first imported
 (triton decorates its own library at import), the kernel runs on CPU tensors
 in Triton's interpreter; its bf16 dot is wrong and it ignores TF32, so bf16
-and TF32 are checked on a GPU only.
-On a GPU the tile sizes are tuned per layer shape (a few configurations,
-CUDA-event medians, cached by shape); the interpreter uses one small fixed
-configuration.
+and TF32 are checked on a GPU only. Measured on an H200 it is correct in
+every precision but slower than cuDNN (docs/gpu/NOTES.md).
 """
 import functools
 import os
