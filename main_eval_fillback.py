@@ -14,7 +14,7 @@ from pruner.masking import load_weights
 from pruner.refill import check_refill_args, criterion_names, kept_channels, refill
 from pruner.slim import slim
 from utils.arguments import parser_for
-from utils.checkpoint import load_file, save_atomic, state_dict_of
+from utils.checkpoint import export_program, load_file, state_dict_of
 from utils.datasets import load_dataset, make_loader
 from utils.errors import UserError, run_cli
 from utils.flops import model_flops
@@ -29,8 +29,9 @@ def get_args_parser():
     g.add_argument("--fillback-rate", dest="fillback_rate", type=float, default=0.0,
                    help="0 = refill; > 0 = refill+ (share of the remaining channels added back)")
     g.add_argument("--export_slim", default=None, metavar="FILE",
-                   help="also save the physically slimmed model (from the best checkpoint, or from --checkpoint "
-                        "with --evaluate) to FILE, after checking its outputs equal the masked model's")
+                   help="also export the physically slimmed model (from the best checkpoint, or from --checkpoint "
+                        "with --evaluate) to FILE (.pt2, torch.export, dynamic batch), after checking that the "
+                        "saved program gives the masked model's outputs")
     return parser
 
 
@@ -49,9 +50,10 @@ def refill_layers(model, mask, data, args):
 
 
 def export_slim(args):
-    """Slim the refilled ticket and save it as a whole module (torch.save)."""
+    """Slim the refilled ticket and save it as a torch.export program (.pt2,
+    dynamic batch), checked after writing against the masked model."""
     source = args.checkpoint if args.evaluate else os.path.join(args.save_dir, "model_SA_best.pth.tar")
-    ckpt = load_file(source, "checkpoint to slim")
+    ckpt = load_file(source, "checkpoint to slim", args.trust_checkpoint)
     if "state_dict" not in ckpt:
         raise UserError(f"'{source}' holds no weights: retrain with --save_model to export a slimmed model")
     data = load_dataset(args.dataset, args.data)
@@ -67,8 +69,14 @@ def export_slim(args):
     shape = (1, spec.in_channels, spec.image_size, spec.image_size)
     dense_flops, slim_flops = model_flops(model, shape), model_flops(slimmed, shape)
     params = (sum(p.numel() for p in model.parameters()), sum(p.numel() for p in slimmed.parameters()))
-    save_atomic(slimmed, args.export_slim)
-    print(f"slimmed model saved to {args.export_slim}: {params[1]:,} parameters (masked model {params[0]:,}), "
+    def check(loaded):
+        with torch.no_grad():
+            for batch in (images, images[:1]):  # the batch dimension is dynamic: any size runs
+                error = (loaded(batch) - model(batch)).abs().max().item()
+                if not error < 1e-4:
+                    raise UserError(f"the exported program differs from the masked model by {error:.2e}; not exported")
+    export_program(slimmed, images[:2], args.export_slim, check)
+    print(f"slimmed model exported to {args.export_slim} (torch.export, dynamic batch): {params[1]:,} parameters (masked model {params[0]:,}), "
           f"{slim_flops / 1e6:.2f} MFLOPs per image ({dense_flops / slim_flops:.2f}x fewer than dense), "
           f"max |output difference| {diff:.1e}")
 
@@ -78,6 +86,8 @@ def main(args):
         check_refill_args(args.criterion, args.fillback_rate)
     if args.export_slim and not (args.save_model or args.evaluate):
         raise UserError("--export_slim needs the retrained weights: add --save_model (or use --evaluate --checkpoint)")
+    if args.export_slim and not os.access(os.path.dirname(os.path.abspath(args.export_slim)), os.W_OK):
+        raise UserError(f"--export_slim '{args.export_slim}': its folder does not exist or cannot be written")
     result = retrain(args, "refill" if args.fillback_rate == 0 else "refill+", refill_layers)
     if args.export_slim and int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
         export_slim(args)

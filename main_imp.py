@@ -70,9 +70,10 @@ def initial_weights(model, args, write=True):
     """Set the model's starting weights (--init / --pretrained) and return
     the rewind point as a plain CPU state dict."""
     if args.prune_type == "pt":
-        load_plain_weights(model, plain_weights(state_dict_of(load_file(args.pretrained, "--pretrained"), args.pretrained)))
+        ckpt = load_file(args.pretrained, "--pretrained", args.trust_checkpoint)
+        load_plain_weights(model, plain_weights(state_dict_of(ckpt, args.pretrained)))
     elif args.init and os.path.exists(args.init):
-        weights = state_dict_of(load_file(args.init, "--init file"), args.init)
+        weights = state_dict_of(load_file(args.init, "--init file", args.trust_checkpoint), args.init)
         check_compatible(model, weights, f"--init file '{args.init}' (another architecture or dataset?)")
         load_plain_weights(model, weights)
         print(f"initial weights loaded from {args.init}")

@@ -17,12 +17,14 @@ import torch  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.refill import kept_channels  # noqa: E402
 from pruner.regroup import regroup_layer  # noqa: E402
+from utils.checkpoint import add_trust_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="checkpoint with masks")
+    add_trust_flag(p)
     p.add_argument("--layer", default=None, help="layer name (default: the masked layer with the most rows)")
     p.add_argument("--fillback_rate", type=float, default=0.0)
     p.add_argument("--t1", type=float, default=1.5)
@@ -56,7 +58,7 @@ def block_order(blocks, n_rows):
 
 
 def main(args):
-    mask = Mask.load(args.checkpoint)
+    mask = Mask.load(args.checkpoint, args.trust_checkpoint)
     name = args.layer or max(mask, key=lambda n: mask[n].shape[0])
     if name not in mask:
         raise UserError(f"no masked layer '{name}' in '{args.checkpoint}'; masked layers: {', '.join(mask)}")

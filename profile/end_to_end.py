@@ -30,7 +30,7 @@ from models.regrouped import regroup_model  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
-from utils.checkpoint import load_file, plain_weights, state_dict_of  # noqa: E402
+from utils.checkpoint import add_trust_flag, load_file, plain_weights, state_dict_of  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
 from utils.gpu_bench import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
@@ -54,6 +54,7 @@ def get_args_parser():
     p.add_argument("--b2", type=int, default=16)
     p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"])
     p.add_argument("--gpu", type=int, default=None)
+    add_trust_flag(p)
     g = p.add_argument_group("GPU")
     g.add_argument("--kernel", default="triton", choices=["triton", "cuda"], help="the regrouped kernel on a GPU")
     g.add_argument("--dtype", default=None, choices=list(PRECISIONS),
@@ -63,7 +64,7 @@ def get_args_parser():
 
 
 def ticket_model(args):
-    ckpt = load_file(args.checkpoint, "checkpoint")
+    ckpt = load_file(args.checkpoint, "checkpoint", args.trust_checkpoint)
     state_dict = state_dict_of(ckpt, args.checkpoint)
     if not Mask.from_state_dict(state_dict):
         raise UserError(f"'{args.checkpoint}' holds no masks: give a ticket (an IMP checkpoint)")

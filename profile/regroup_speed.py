@@ -23,6 +23,7 @@ import torch  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.partition import connectivity, partition_rows  # noqa: E402
 from pruner.regroup import regroup_mask, report  # noqa: E402
+from utils.checkpoint import add_trust_flag  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 ORIGINAL_SECONDS = 200.0  # the original algorithm on ResNet-18 at 67% sparsity, this machine class
@@ -31,6 +32,7 @@ ORIGINAL_SECONDS = 200.0  # the original algorithm on ResNet-18 at 67% sparsity,
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="checkpoint with masks (e.g. main_imp.py's {i}checkpoint.pth.tar)")
+    add_trust_flag(p)
     p.add_argument("--t1", type=float, default=1.5)
     p.add_argument("--cn", type=int, default=8)
     p.add_argument("--nn", type=int, default=32)
@@ -46,7 +48,7 @@ def weighted_kept(mask, infos):
 
 
 def main(args):
-    mask = Mask.load(args.checkpoint)
+    mask = Mask.load(args.checkpoint, args.trust_checkpoint)
     torch.set_num_threads(2)
     print(f"{args.checkpoint}: {len(mask)} masked layers, sparsity {100 * mask.sparsity():.2f}% | "
           f"{os.cpu_count()} CPU cores | t1 {args.t1} cn {args.cn} nn {args.nn} b2 {args.b2} unit {args.regroup_unit}")

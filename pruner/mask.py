@@ -24,9 +24,10 @@ class Mask(dict):
         return cls.from_state_dict(model.state_dict())
 
     @classmethod
-    def load(cls, path):
-        """From a checkpoint (ours or the original code's) or a saved Mask."""
-        obj = load_file(path, "mask file")
+    def load(cls, path, trust=False):
+        """From a checkpoint (ours or the original code's) or a saved Mask;
+        `trust` allows files that need more than plain types (see load_file)."""
+        obj = load_file(path, "mask file", trust)
         if isinstance(obj, dict) and obj.get("kind") == "mask":
             return cls({k: v.float() for k, v in obj["masks"].items()})
         mask = cls.from_state_dict(state_dict_of(obj, path))

@@ -2,6 +2,8 @@
 retraining script (seed command, accuracy, evaluate, bad input), IMP-Refill,
 and slimming to a physically smaller model with equal outputs."""
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -123,7 +125,7 @@ def test_refill_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
     save = tmp_path / "refill"
     ck1 = digits_imp_run / "1checkpoint.pth.tar"
     proc = run_script("main_eval_fillback.py", "--pretrained", ck1, "--mask_dir", ck1, "--criterion", "magnitude",
-                      "--save_dir", save, "--save_model", "--export_slim", save / "slim.pt")
+                      "--save_dir", save, "--save_model", "--export_slim", save / "slim.pt2")
     assert proc.returncode == 0, proc.stderr
     dense = json.loads((digits_imp_run / "summary.json").read_text())["states"][0]["test_acc_at_best_val"]
     refilled = json.loads((save / "summary.json").read_text())["states"][0]
@@ -131,13 +133,20 @@ def test_refill_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
     assert refilled["test_acc_at_best_val"] >= dense - 2.0
     state_dict = load_file(str(save / "model_SA_best.pth.tar"))["state_dict"]
     assert all(is_channel_wise(v) for k, v in state_dict.items() if k.endswith("weight_mask"))
-    slimmed = torch.load(save / "slim.pt", weights_only=False).eval()
+    # The export runs in a fresh, isolated interpreter that imports nothing of ours and unpickles no code.
     data = load_dataset("digits", "")
-    with torch.no_grad():
-        predictions = slimmed(data.test.tensors[0]).argmax(1)
+    torch.save(data.test.tensors[0], tmp_path / "images.pt")
+    code = ("import sys, torch; model = torch.export.load(sys.argv[1]).module(); "
+            "torch.save(model(torch.load(sys.argv[2], weights_only=True)).argmax(1), sys.argv[3]); "
+            "assert not {'models', 'pruner', 'utils'} & {name.split('.')[0] for name in sys.modules}; "
+            "print(sum(p.numel() for p in model.parameters()))")
+    fresh = subprocess.run([sys.executable, "-I", "-c", code, str(save / "slim.pt2"), str(tmp_path / "images.pt"),
+                            str(tmp_path / "predictions.pt")], cwd=tmp_path, capture_output=True, text=True)
+    assert fresh.returncode == 0, fresh.stderr
+    predictions = torch.load(tmp_path / "predictions.pt", weights_only=True)
     accuracy = 100.0 * (predictions == data.test.tensors[1]).float().mean().item()
     assert abs(accuracy - refilled["test_acc_at_best_val"]) < 1e-3  # the slimmed model is the best checkpoint
-    assert sum(p.numel() for p in slimmed.parameters()) < 272186  # res20s has 272,186 parameters
+    assert int(fresh.stdout.split()[-1]) < 272186  # res20s has 272,186 parameters
     ev = run_script("main_eval_fillback.py", "--evaluate", "--checkpoint", save / "model_SA_best.pth.tar")
     assert ev.returncode == 0, ev.stderr
     assert f"test {refilled['test_acc_at_best_val']:.2f}%" in ev.stdout
@@ -191,4 +200,7 @@ def test_bad_input(tmp_path, cli_error):
         assert "fill-back rate must be in [0, 1]" in line
     line = cli_error(main_eval_fillback, ["--mask_dir", str(good)] + save)
     assert "--pretrained" in line
+    line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--prune-type", "trained", "--save_model",
+                                          "--export_slim", str(tmp_path / "missing" / "slim.pt2")] + save)
+    assert "--export_slim" in line and "cannot be written" in line
     assert not (tmp_path / "out").exists()  # nothing written on bad input

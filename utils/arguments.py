@@ -10,6 +10,7 @@ import os
 import shutil
 
 from models import model_names
+from utils.checkpoint import add_trust_flag
 from pruner.partition import PARTITIONERS
 from pruner.regroup import UNITS
 from utils.datasets import dataset_names
@@ -50,6 +51,7 @@ def add_ticket(parser):
                    help="accepted for the original command lines; the classifier is never pruned")
     g.add_argument("--resume", action="store_true", help="continue the run in --save_dir")
     g.add_argument("--checkpoint", default=None, help="checkpoint to resume from (default: the latest in --save_dir)")
+    add_trust_flag(g)
 
 
 def add_regroup_args(parser):

@@ -9,9 +9,18 @@ the rewind point as a plain state dict.
 `save_atomic` writes a temporary file in the same directory, fsyncs it and
 renames it over the target, so a run killed at any moment leaves every
 checkpoint complete or absent.
+
+`load_file` never runs code from a file unless told to: it loads with
+`weights_only=True`, allowing by name only the plain types checkpoints hold
+(SAFE_GLOBALS); a file that needs anything else is refused with one line
+naming the global. `trust=True` (the scripts' `--trust_checkpoint`) loads it
+with full unpickling, after a one-line warning.
 """
+import argparse
 import os
+import pickle
 import re
+import sys
 import tempfile
 
 import torch
@@ -34,16 +43,73 @@ def save_atomic(obj, path):
         raise
 
 
-def load_file(path, what="checkpoint"):
-    """torch.load on the CPU, turning unreadable files into one-line errors."""
+SAFE_GLOBALS = [argparse.Namespace]  # beside tensors and containers, what the original code's files may hold
+UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
+
+
+def add_trust_flag(parser):
+    """--trust_checkpoint, for every script that reads files."""
+    parser.add_argument("--trust_checkpoint", action="store_true",
+                        help="load files whose unpickling needs more than tensors and plain types "
+                             "(runs code from the file: only for files you trust)")
+
+
+def export_program(module, example, path, check):
+    """torch.export `module` (eval mode) with a dynamic batch dimension and
+    save it to `path` (a .pt2 file: loads with torch.export.load, without our
+    classes and without unpickling code). The saved file is loaded back and
+    given to `check(loaded_module)`, which raises to refuse it; only a file
+    that passed is left at `path`."""
+    batch = getattr(torch.export.Dim, "DYNAMIC", None) or torch.export.Dim("batch")
+    try:
+        program = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: batch},))
+    except Exception as err:  # torch.export reports unsupported code with many types
+        raise UserError(f"torch.export could not trace the model ({type(err).__name__}: "
+                        f"{str(err).strip().splitlines()[0]})") from None
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt2", dir=directory)
+        os.close(fd)
+    except OSError as err:
+        raise UserError(f"cannot write '{path}': {err.strerror}") from None
+    try:
+        torch.export.save(program, tmp)
+        check(torch.export.load(tmp).module())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_file(path, what="checkpoint", trust=False):
+    """torch.load on the CPU without running pickled code (unless `trust`),
+    turning unreadable or refused files into one-line errors."""
     if not path or not os.path.isfile(path):
         raise UserError(f"{what} '{path}' not found")
+    if trust:
+        print(f"warning: --trust_checkpoint: loading {what} '{path}' runs any code pickled in it", file=sys.stderr)
     try:
-        # weights_only=False: the original code's checkpoints pickle argparse
-        # Namespaces and optimizer states; only load files you trust.
-        return torch.load(path, map_location="cpu", weights_only=False)
+        if trust:
+            return torch.load(path, map_location="cpu", weights_only=False)
+        return _load_weights_only(path)
+    except pickle.UnpicklingError as err:
+        found = UNSAFE_GLOBAL.search(str(err))
+        if trust or found is None:
+            raise UserError(f"{what} '{path}' is not a readable PyTorch file ({type(err).__name__}: "
+                            f"{str(err).splitlines()[0]})") from None
+        raise UserError(f"{what} '{path}' wants to run '{found.group(1)}' while loading, which a plain checkpoint "
+                        "never needs; if you trust the file, --trust_checkpoint loads it anyway") from None
     except Exception as err:  # torch raises many types for a damaged file
         raise UserError(f"{what} '{path}' is not a readable PyTorch file ({type(err).__name__}: {err})") from None
+
+
+def _load_weights_only(path):
+    allow = getattr(torch.serialization, "safe_globals", None)  # a context manager from torch 2.5
+    if allow is None:
+        torch.serialization.add_safe_globals(SAFE_GLOBALS)
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with allow(SAFE_GLOBALS):
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def state_dict_of(obj, path="<object>"):

@@ -7,7 +7,7 @@ import time
 
 import torch
 
-from utils.checkpoint import load_file
+from utils.checkpoint import add_trust_flag, load_file
 from utils.errors import UserError
 
 
@@ -23,12 +23,13 @@ def add_shape_args(parser):
     g.add_argument("--horizontal_padding", type=int, default=None)
     g.add_argument("--repeats", type=int, default=50, help="timed runs (the median is reported)")
     g.add_argument("--gpu", type=int, default=None)
+    add_trust_flag(g)
 
 
 def load_layer(args):
     """(weight [c_out, c_in, kh, kw], geometry dict) from --kernel_file and the shape flags
     (geometry["batches"]: the batch sizes to run)."""
-    obj = load_file(args.kernel_file, "--kernel_file")
+    obj = load_file(args.kernel_file, "--kernel_file", args.trust_checkpoint)
     weight = obj.get("weight") if isinstance(obj, dict) else obj
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__

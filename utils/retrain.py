@@ -46,7 +46,7 @@ def start_weights(args, ticket_weights):
         return ticket_weights
     if not args.pretrained:
         raise UserError(f"--prune-type {args.prune_type} retrains from --pretrained: give --pretrained <checkpoint>")
-    ckpt = load_file(args.pretrained, "--pretrained")
+    ckpt = load_file(args.pretrained, "--pretrained", args.trust_checkpoint)
     if args.prune_type in ("lt", "rewind_lt") and isinstance(ckpt, dict) and isinstance(ckpt.get("init_weight"), dict):
         return plain_weights(state_dict_of(ckpt["init_weight"], args.pretrained))
     return plain_weights(state_dict_of(ckpt, args.pretrained))
@@ -55,7 +55,7 @@ def start_weights(args, ticket_weights):
 def run_evaluation(args, device, data, model, dist_ctx):
     if not args.checkpoint:
         raise UserError("--evaluate needs --checkpoint <file with weights> (a run saved with --save_model)")
-    ckpt = load_file(args.checkpoint, "--checkpoint")
+    ckpt = load_file(args.checkpoint, "--checkpoint", args.trust_checkpoint)
     if not (isinstance(ckpt, dict) and "state_dict" in ckpt):
         raise UserError(f"--checkpoint '{args.checkpoint}' holds no weights (was the run saved with --save_model?)")
     weights = state_dict_of(ckpt, args.checkpoint)
@@ -82,7 +82,7 @@ def retrain(args, script, restructure):
                         "pass --resume to continue it or choose another --save_dir")
     device, data, model, dist_ctx = build(args)
     is_main = dist_ctx is None or dist_ctx.is_main
-    ticket = state_dict_of(load_file(args.mask_dir, "--mask_dir checkpoint"), args.mask_dir)
+    ticket = state_dict_of(load_file(args.mask_dir, "--mask_dir checkpoint", args.trust_checkpoint), args.mask_dir)
     if not Mask.from_state_dict(ticket):
         raise UserError(f"--mask_dir '{args.mask_dir}' holds no masks (no '<layer>.weight_mask' entries)")
     check_compatible(model, plain_weights(ticket), f"--mask_dir '{args.mask_dir}'")

@@ -39,7 +39,7 @@ def resume_checkpoint(args, in_save_dir, name_hint):
     path = args.checkpoint or in_save_dir
     if path is None:
         raise UserError(f"--resume: no --checkpoint given and no {name_hint} in --save_dir '{args.save_dir}'")
-    ckpt = load_file(path, "--resume checkpoint")
+    ckpt = load_file(path, "--resume checkpoint", args.trust_checkpoint)
     missing = [k for k in RESUME_KEYS if not (isinstance(ckpt, dict) and k in ckpt)]
     if missing:
         raise UserError(f"--resume checkpoint '{path}' lacks {', '.join(missing)}: not a training checkpoint of this tool")

@@ -16,13 +16,14 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 
 from pruner.mask import Mask  # noqa: E402
-from utils.checkpoint import load_file, save_atomic, state_dict_of  # noqa: E402
+from utils.checkpoint import add_trust_flag, load_file, save_atomic, state_dict_of  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="checkpoint with masks")
+    add_trust_flag(p)
     p.add_argument("out_dir", help="directory for the per-layer files")
     return p
 
@@ -53,7 +54,7 @@ def layer_geometry(ckpt, state_dict):
 
 
 def main(args):
-    ckpt = load_file(args.checkpoint, "checkpoint")
+    ckpt = load_file(args.checkpoint, "checkpoint", args.trust_checkpoint)
     state_dict = state_dict_of(ckpt, args.checkpoint)
     mask = Mask.from_state_dict(state_dict)
     if not mask:
