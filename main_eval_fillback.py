@@ -86,7 +86,9 @@ def main(args):
         check_refill_args(args.criterion, args.fillback_rate)
     if args.export_slim and not (args.save_model or args.evaluate):
         raise UserError("--export_slim needs the retrained weights: add --save_model (or use --evaluate --checkpoint)")
-    if args.export_slim and not os.access(os.path.dirname(os.path.abspath(args.export_slim)), os.W_OK):
+    folder = os.path.dirname(os.path.abspath(args.export_slim or "."))
+    if args.export_slim and folder != os.path.abspath(args.save_dir) and not os.access(folder, os.W_OK):
+        # (--save_dir itself is made by the run, and checked for writing before training)
         raise UserError(f"--export_slim '{args.export_slim}': its folder does not exist or cannot be written")
     result = retrain(args, "refill" if args.fillback_rate == 0 else "refill+", refill_layers)
     if args.export_slim and int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
