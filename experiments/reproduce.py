@@ -35,7 +35,7 @@ from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
 from pruner.regroup import UNITS, LayerRegroup  # noqa: E402
 from pruner.slim import slim  # noqa: E402
-from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, state_dict_of  # noqa: E402
+from utils.checkpoint import add_trust_flag, best_path, checkpoint_path, latest_checkpoint, load_file, state_dict_of  # noqa: E402
 from utils.datasets import dataset_names, load_dataset  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
@@ -73,6 +73,7 @@ def get_args_parser():
     p.add_argument("--data", default="datasets", help="dataset location (unused for digits)")
     p.add_argument("--arch", default="res20s", help=f"one of: {', '.join(model_names())}")
     p.add_argument("--out", default="runs/reproduce", help="run folders, results.json and figures")
+    add_trust_flag(p)
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     p.add_argument("--gpu", type=int, default=None, help="CUDA device index (CPU when CUDA is absent)")
     p.add_argument("--quick", action="store_true",
@@ -211,7 +212,7 @@ def run_seed(seed, args):
 
 def ticket_model(path, args, spec):
     model = build_model(args.arch, spec.num_classes, spec.in_channels, spec.mean, spec.std, spec.imagenet_stem)
-    load_weights(model, state_dict_of(load_file(path, "checkpoint"), path))
+    load_weights(model, state_dict_of(load_file(path, "checkpoint", args.trust_checkpoint), path))
     return model.eval()
 
 

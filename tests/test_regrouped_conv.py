@@ -82,16 +82,17 @@ def test_kernel_tables_reproduce_conv2d(case, unit):
 
 @pytest.mark.slow
 def test_cuda_kernel_compiles(tmp_path, monkeypatch):
-    """nvcc builds the kernel (sm_80/sm_90 without a GPU) from a cold cache."""
+    """nvcc builds the kernel from a cold cache (for sm_90 only: each target costs ~100 s on 2 cores)."""
     import shutil
 
     if shutil.which("nvcc") is None:
         pytest.skip("nvcc is not installed")
     from conftest import run_script
     env_cache = tmp_path / "cache"
-    proc = run_script("profile/regroup_conv/conv.py", "--build-only", env={"STRUCTLTH_CACHE": str(env_cache)})
+    proc = run_script("profile/regroup_conv/conv.py", "--build-only",
+                      env={"STRUCTLTH_CACHE": str(env_cache), "STRUCTLTH_CUDA_ARCHS": "90"})
     assert proc.returncode == 0, proc.stderr
-    assert "built" in proc.stdout and any(env_cache.rglob("*.so"))
+    assert "built" in proc.stdout and "for sm_90 " in proc.stdout and any(env_cache.rglob("*.so"))
 
 
 def test_channel_path_reuses_its_buffer_safely_and_keeps_gradients():

@@ -3,8 +3,9 @@ torch.utils.cpp_extension, cached by content: the build directory is named
 after a hash of the source, the target architectures and the CUDA version,
 so a second run loads the built module instead of recompiling.
 
-Targets: the GPU present (its compute capability); without a GPU
-(`--build-only`, CI), sm_80 and sm_90.
+Targets: STRUCTLTH_CUDA_ARCHS when set ("90", "80,90"), else the GPU
+present (its compute capability); without a GPU (`--build-only`), sm_80 and
+sm_90.
 """
 import hashlib
 import os
@@ -19,6 +20,8 @@ DEFAULT_ARCHS = ("80", "90")
 
 
 def target_archs():
+    if os.environ.get("STRUCTLTH_CUDA_ARCHS"):  # e.g. "90" or "80,90": what to compile for
+        return tuple(a.strip() for a in os.environ["STRUCTLTH_CUDA_ARCHS"].split(",") if a.strip())
     if torch.cuda.is_available():
         major, minor = torch.cuda.get_device_capability()
         return (f"{major}{minor}",)
