@@ -7,6 +7,7 @@ A graph holds one call per input buffer, so a replay measures the kernels
 back to back without Python's launch overhead; the per-call time is the
 replay time over the number of buffers.
 """
+import functools
 import math
 import statistics
 
@@ -71,40 +72,35 @@ def graph_timings(calls, repeats=50, warmup=3):
     then the graphs replayed in turn `repeats` times; stats in seconds per
     call: median, p10, p90, runs."""
     graphs = {name: (capture(fn, inputs), len(inputs)) for name, (fn, inputs) in calls.items()}
-    for _ in range(warmup):
-        for graph, _ in graphs.values():
-            graph.replay()
-    torch.cuda.synchronize()
-    samples = {name: [] for name in graphs}
-    for _ in range(repeats):
-        for name, (graph, count) in graphs.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            graph.replay()
-            end.record()
-            end.synchronize()
-            samples[name].append(start.elapsed_time(end) / 1e3 / count)
-    return {name: summary(t) for name, t in samples.items()}
+    return _event_timings({name: (graph.replay, count) for name, (graph, count) in graphs.items()}, repeats, warmup)
 
 
 def eager_timings(calls, repeats=50, warmup=3):
     """As graph_timings, without graphs: each pass over the inputs between two
     CUDA events (Python's launch overhead included, as an eager user sees it)."""
+    def passes(fn, inputs):
+        for x in inputs:
+            fn(x)
+    return _event_timings({name: (functools.partial(passes, fn, inputs), len(inputs))
+                           for name, (fn, inputs) in calls.items()}, repeats, warmup)
+
+
+def _event_timings(runners, repeats, warmup):
+    """Each runner (a callable making `count` calls) run in turn `repeats`
+    times between two CUDA events; stats per call."""
     for _ in range(warmup):
-        for fn, inputs in calls.values():
-            for x in inputs:
-                fn(x)
+        for run, _ in runners.values():
+            run()
     torch.cuda.synchronize()
-    samples = {name: [] for name in calls}
+    samples = {name: [] for name in runners}
     for _ in range(repeats):
-        for name, (fn, inputs) in calls.items():
+        for name, (run, count) in runners.items():
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            for x in inputs:
-                fn(x)
+            run()
             end.record()
             end.synchronize()
-            samples[name].append(start.elapsed_time(end) / 1e3 / len(inputs))
+            samples[name].append(start.elapsed_time(end) / 1e3 / count)
     return {name: summary(t) for name, t in samples.items()}
 
 
