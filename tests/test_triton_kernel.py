@@ -31,7 +31,7 @@ LIMIT = {torch.float32: 1e-5, torch.float16: 3e-3}
 @pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}x{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}" for c in CASES])
 def test_kernel_matches_conv2d_and_writes_every_output(case, unit, dtype):
     c_out, c_in, k, stride, padding, dilation, batch, size = case
-    generator = torch.Generator().manual_seed(hash((case, unit)) % 2 ** 31)
+    generator = torch.Generator().manual_seed(10 * CASES.index(case) + ["weight", "channel"].index(unit))
     weight, blocks, bias = random_regrouped_layer(c_out, c_in, k, unit, generator)
     covered = torch.cat([rows for rows, _ in blocks]).unique()
     assert len(covered) < c_out, "the case must have rows outside every block"
