@@ -47,7 +47,7 @@ class RegroupedConv2d(nn.Module):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel '{kernel}'; valid: {', '.join(KERNELS)}")
         self.unit, self.kernel = unit, kernel
-        self.triton_config = None  # None: tuned per shape on a GPU; a dict of BLOCK_M, BLOCK_K, num_warps, num_stages fixes it
+        self.triton_config = None  # None: tuned per shape on a GPU; a dict of BLOCK_M, num_warps, num_stages fixes it
         self.out_channels, self.in_channels, kh, kw = weight.shape
         self.kernel_size = (kh, kw)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
