@@ -180,10 +180,10 @@ def build_structure(blocks, unit, out_channels, in_channels, kernel_size, dilati
 def chunks(structure, block_k):
     """Task and chunk tables for BLOCK_K = block_k (cached in `structure`).
     tasks [T, 3]: first chunk, chunk count, offset of the task's packed
-    weights; rows [T * BLOCK_N] (-1 pads); per chunk its tap and block_k
-    input channels in pairs (2p, 2p+1), every pair that holds a block column
-    of that tap; slots that hold no block column (the pair's other channel,
-    the padding pairs (0, 1)) get zero weights. Tasks sorted longest first.
+    weights; rows [T * BLOCK_N] (-1 pads); per chunk its tap and its
+    channels (weight unit: block_k channels in pairs, _pair_chunks; channel
+    unit: the first of block_k consecutive channels of the gathered copy,
+    _channel_chunks). Tasks sorted longest first.
     `slots` maps each group's packed K positions to its column order (-1:
     none), for pack_weights."""
     if block_k in structure["chunks"]:
@@ -195,18 +195,8 @@ def chunks(structure, block_k):
         slot = []  # for each packed K position: index into the group's columns, or -1
         if structure["unit"] == "channel":
             _channel_chunks(g, block_k, structure["kernel_size"], gather, chunk_tap, chunk_c, slot)
-        for t in torch.unique_consecutive(g["tap"]).tolist() if structure["unit"] != "channel" else []:
-            where = torch.nonzero(g["tap"] == t).flatten()
-            column_of = dict(zip(g["channel"][where].tolist(), where.tolist()))
-            entries = []  # (channel, its column in the group or -1)
-            for p in sorted({c // 2 for c in column_of}):
-                second = 2 * p + 1 if 2 * p + 1 < in_channels else 2 * p  # odd C_IN: the last pair repeats
-                entries += [(2 * p, column_of.get(2 * p, -1)), (second, column_of.get(2 * p + 1, -1))]
-            entries += [(0, -1), (min(1, in_channels - 1), -1)] * (-(len(entries) // 2) % (block_k // 2))
-            for i in range(0, len(entries), block_k):
-                chunk_tap.append(t)
-                chunk_c.append(torch.tensor([c for c, _ in entries[i: i + block_k]]))
-                slot += [column for _, column in entries[i: i + block_k]]
+        else:
+            _pair_chunks(g, block_k, in_channels, chunk_tap, chunk_c, slot)
         count = len(slot) // block_k
         slots.append(torch.tensor(slot, dtype=torch.long))
         for r in range(0, len(g["rows"]), tile):
@@ -222,10 +212,28 @@ def chunks(structure, block_k):
              "rows": torch.stack([task_rows[t] for t in order]).to(torch.int32).reshape(-1),
              "chunk_tap": torch.tensor(chunk_tap or [0], dtype=torch.int32),
              "chunk_c": torch.cat(chunk_c).to(torch.int32) if chunk_c else torch.zeros(block_k, dtype=torch.int32),
-             "slots": slots, "block_k": block_k, "contiguous": structure["unit"] == "channel",
+             "slots": slots, "block_k": block_k,
              "gather": torch.tensor(gather, dtype=torch.long) if gather else None}
     structure["chunks"][block_k] = table
     return table
+
+
+def _pair_chunks(group, block_k, in_channels, chunk_tap, chunk_c, slot):
+    """Weight unit: per tap, the channel pairs (2p, 2p+1) that hold a block
+    column, block_k channels a chunk; the pair's other channel and the
+    padding pairs (0, 1) map to no column (zero weights)."""
+    for t in torch.unique_consecutive(group["tap"]).tolist():
+        where = torch.nonzero(group["tap"] == t).flatten()
+        column_of = dict(zip(group["channel"][where].tolist(), where.tolist()))
+        entries = []  # (channel, its column in the group or -1)
+        for p in sorted({c // 2 for c in column_of}):
+            second = 2 * p + 1 if 2 * p + 1 < in_channels else 2 * p  # odd C_IN: the last pair repeats
+            entries += [(2 * p, column_of.get(2 * p, -1)), (second, column_of.get(2 * p + 1, -1))]
+        entries += [(0, -1), (min(1, in_channels - 1), -1)] * (-(len(entries) // 2) % (block_k // 2))
+        for i in range(0, len(entries), block_k):
+            chunk_tap.append(t)
+            chunk_c.append(torch.tensor([c for c, _ in entries[i: i + block_k]]))
+            slot += [column for _, column in entries[i: i + block_k]]
 
 
 def _channel_chunks(group, block_k, kernel_size, gather, chunk_tap, chunk_c, slot):
