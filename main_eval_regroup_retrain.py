@@ -5,23 +5,32 @@ Reads the ticket's mask from --mask_dir, regroups every masked convolution
 each part; DESIGN.md §5), resets the weights to the rewind point of
 --pretrained and retrains. Prints and saves per layer: blocks, density
 before/after, share of the original nonzeros kept, and the FLOPs report.
+With --save_model, --export_onnx writes the retrained ticket as ONNX.
 """
+import os
+
+import torch
+
+from pruner.grouped import grouped_model
 from pruner.regroup import check_regroup_args, regroup_mask, report
-from utils.arguments import add_regroup_args, parser_for
-from utils.errors import run_cli
-from utils.retrain import add_retrain_args, retrain
+from utils.arguments import add_regroup_args, add_round_to, parser_for
+from utils.errors import UserError, run_cli
+from utils.flops import model_flops
+from utils.onnx_export import export_onnx
+from utils.retrain import add_export_args, add_retrain_args, check_export_args, exported_ticket, retrain
 
 
 def get_args_parser():
     parser = parser_for(__doc__.splitlines()[0])
     add_retrain_args(parser, save_dir="runs/regroup")
-    add_regroup_args(parser)
+    add_round_to(add_regroup_args(parser))
+    add_export_args(parser.add_argument_group("export"))
     return parser
 
 
 def regroup_layers(model, mask, data, args):
     new_mask, infos = regroup_mask(mask, args.t1, args.cn, args.nn, args.b2, args.seed, args.partitioner,
-                                   args.regroup_unit)
+                                   args.regroup_unit, args.round_to)
     print(report(infos))
     layers = {name: {"blocks": [[r.tolist(), c.tolist()] for r, c in info.blocks], "kept_mask": info.kept_mask,
                      "density_before": info.density_before, "density_after": info.density_after,
@@ -30,10 +39,42 @@ def regroup_layers(model, mask, data, args):
     return new_mask, layers
 
 
+def export_regrouped(args):
+    """The retrained regrouped ticket as ONNX: channel-unit block layers as
+    gathers and grouped convolutions, every other layer as its masked dense
+    convolution."""
+    model, images, saved = exported_ticket(args)
+    unit, parts = (saved.get("regroup_unit", args.regroup_unit), saved.get("cn", args.cn)) if args.evaluate else \
+        (args.regroup_unit, args.cn)  # --evaluate: how the checkpoint's run regrouped
+    exported, forms = grouped_model(model, unit, parts)
+    with torch.no_grad():
+        diff = (exported(images) - model(images)).abs().max().item()
+    if diff > 1e-4:
+        raise UserError(f"the grouped model differs from the masked model by {diff:.2e}; not exported")
+    grouped = sum(form.startswith("grouped") for form in forms.values())
+    if unit == "weight":
+        print("--regroup_unit weight: ONNX has no operator for weight-wise blocks, so every layer is exported as "
+              "its masked dense convolution; this form does not exploit the sparsity (regroup with "
+              "--regroup_unit channel for grouped convolutions)")
+    elif grouped < len(forms):
+        print(f"{len(forms) - grouped} of {len(forms)} pruned layers have no channel blocks and are exported as "
+              "masked dense convolutions: " + ", ".join(name for name, form in forms.items() if not form.startswith("grouped")))
+    error = export_onnx(exported, [images[:2], images, images[:1]], args.export_onnx)
+    shape = (1, *images.shape[1:])
+    print(f"regrouped ticket exported to {args.export_onnx} (ONNX, dynamic batch; checked by onnx.checker and in "
+          f"ONNX Runtime): {grouped} of {len(forms)} pruned layers as grouped convolutions, "
+          f"{model_flops(exported, shape) / 1e6:.2f} MFLOPs per image executed (dense {model_flops(model, shape) / 1e6:.2f}; "
+          f"groups are padded to the largest block), max |ONNX Runtime - PyTorch| {error:.1e}")
+
+
 def main(args):
     if not args.evaluate:
-        check_regroup_args(args.t1, args.cn, args.nn, args.b2, args.regroup_unit)
-    return retrain(args, "regroup", regroup_layers)
+        check_regroup_args(args.t1, args.cn, args.nn, args.b2, args.regroup_unit, args.round_to)
+    check_export_args(args, ("export_onnx",))
+    result = retrain(args, "regroup", regroup_layers)
+    if args.export_onnx and int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
+        export_regrouped(args)
+    return result
 
 
 if __name__ == "__main__":

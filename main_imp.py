@@ -9,10 +9,10 @@ import os
 import sys
 
 from pruner.magnitude import global_magnitude_prune
-from pruner.refill import check_refill_args, criterion_names, refill
+from pruner.refill import check_refill_args, criterion_names, format_refill_report, refill, refill_layers_report
 from pruner.regroup import check_regroup_args, regroup_mask, report
 from pruner.masking import apply_mask, check_compatible, current_mask, effective_weights, load_plain_weights, load_weights
-from utils.arguments import (add_general, add_regroup_args, add_ticket, add_training, checkpoint_bytes, finish,
+from utils.arguments import (add_general, add_regroup_args, add_round_to, add_ticket, add_training, checkpoint_bytes, finish,
                              parser_for, prepare_save_dir)
 from utils.distributed import mask_digest
 from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, plain_weights, save_atomic, state_dict_of
@@ -39,7 +39,7 @@ def get_args_parser():
     g.add_argument("--criteria", default="magnitude", help=f"refill criterion, one of: {', '.join(criterion_names())}")
     g.add_argument("--fillback_rate", type=float, default=0.0, help="0 = refill, > 0 = refill+")
     parser.add_argument("--regroup", action="store_true", help="regroup each round's mask into dense blocks (IMP-Regroup)")
-    add_regroup_args(parser)
+    add_round_to(add_regroup_args(parser))
     return parser
 
 
@@ -50,9 +50,11 @@ def check_imp_args(args):
     if args.pruning_times < 1:
         raise UserError(f"--pruning_times must be at least 1, got {args.pruning_times}")
     if args.fillback:
-        check_refill_args(args.criteria, args.fillback_rate)
+        check_refill_args(args.criteria, args.fillback_rate, args.round_to)
     if args.regroup:
-        check_regroup_args(args.t1, args.cn, args.nn, args.b2, args.regroup_unit)
+        check_regroup_args(args.t1, args.cn, args.nn, args.b2, args.regroup_unit, args.round_to)
+    if args.round_to != 1 and not (args.fillback or args.regroup):
+        raise UserError(f"--round_to {args.round_to} rounds what --fillback or --regroup keeps: add one of them")
     if args.fillback and args.regroup:
         raise UserError("--fillback and --regroup are two different post-processings: choose one")
     if args.prune_type == "pt" and not args.pretrained:
@@ -86,17 +88,22 @@ def initial_weights(model, args, write=True):
 
 def next_mask(model, data, args):
     """Prune the trained model by global magnitude, then post-process the
-    mask (IMP-Refill / IMP-Regroup) before rewinding."""
+    mask (IMP-Refill / IMP-Regroup) before rewinding. Returns the mask and the
+    per-layer refill report (None without --fillback)."""
     mask = global_magnitude_prune(model, args.rate, args.conv1)
+    layers = None
     if args.fillback:
         apply_mask(model, mask)  # activation criteria see the pruned network
         batch = training_batch(data, args) if args.criteria in ("l1", "l2", "saliency") else None
-        mask = refill(model, mask, args.criteria, args.fillback_rate, batch)
+        refilled = refill(model, mask, args.criteria, args.fillback_rate, batch, args.round_to)
+        layers = refill_layers_report(mask, refilled, args.fillback_rate, args.round_to)
+        print(f"refill ({args.criteria}, rate {args.fillback_rate}, round_to {args.round_to}):\n{format_refill_report(layers)}")
+        mask = refilled
     if args.regroup:
         mask, infos = regroup_mask(mask, args.t1, args.cn, args.nn, args.b2, args.seed, args.partitioner,
-                                   args.regroup_unit)
+                                   args.regroup_unit, args.round_to)
         print(report(infos))
-    return mask
+    return mask, layers
 
 
 def main(args):
@@ -148,7 +155,10 @@ def main(args):
             write_summary(args.save_dir, summary)
             plot_states(args.save_dir, history, f"IMP {args.arch} on {args.dataset}")
         if state + 1 < args.pruning_times:
-            new_mask = next_mask(model, data, args) if is_main else current_mask(model, args.conv1)
+            new_mask, refill_layers = next_mask(model, data, args) if is_main else (current_mask(model, args.conv1), None)
+            if refill_layers is not None and is_main:  # kept with this state's record (checkpoints carry the history)
+                record["next_refill"] = refill_layers
+                write_summary(args.save_dir, summary)
             if dist_ctx is not None:  # computed once, on rank 0; every rank takes that mask
                 new_mask = dist_ctx.broadcast_mask(new_mask)
             load_plain_weights(model, extra["init_weight"])  # rewind, then mask

@@ -135,6 +135,8 @@ class RegroupedConv2d(nn.Module):
             raise RuntimeError(f"the '{kernel}' kernel cannot run on a {x.device.type} tensor")
         return kernel
 
+    @torch.compiler.disable(reason="per-kernel dispatch and cached tables; torch.compile takes "
+                            "pruner.grouped.grouped_model's GroupedBlockConv form instead")
     def forward(self, x):
         kernel = self.kernel_for(x)
         if kernel == "triton":
@@ -230,6 +232,8 @@ class RegroupedConv2d(nn.Module):
         needs it): large fresh allocations cost page faults on every call."""
         if torch.is_grad_enabled() and (x.requires_grad or any(w.requires_grad for w in self.block_weights)):
             return None
+        if torch.compiler.is_compiling():  # a traced graph allocates its own buffers (and cannot write into ours)
+            return None
         n, _, h, w = x.shape
         fmt = memory_format_of(x)
         key = (n, channels, h, w, x.dtype, x.device, fmt)
@@ -245,29 +249,9 @@ class RegroupedConv2d(nn.Module):
         key = (x.device, x.dtype, self._version)
         if getattr(self, "_plan_key", None) == key:
             return self._plan
-        merged = {}  # blocks of one part share their columns (regroup splits rows by nn for the GPU)
-        for rows, cols, weight in self.blocks():
-            entry = merged.setdefault(tuple(cols.tolist()), ([], []))
-            entry[0].append(rows)
-            entry[1].append(weight.detach())
-        groups = [(torch.cat(rows), torch.tensor(cols), torch.cat(ws)) for cols, (rows, ws) in merged.items()]
-        row_count = max(len(r) for r, _, _ in groups)
-        col_count = max(len(c) for _, c, _ in groups)
-        covered = sum(len(r) for r, _, _ in groups)
-        if covered < self.out_channels and all(len(r) == row_count for r, _, _ in groups):
-            row_count += 1  # a zero row for the output channels outside every block to read
-        kh, kw = self.kernel_size
-        weight = torch.zeros(len(groups) * row_count, col_count, kh, kw)
-        gather, source = [], torch.full((self.out_channels,), -1, dtype=torch.long)
-        for g, (rows, cols, w) in enumerate(groups):
-            weight[g * row_count: g * row_count + len(rows), :len(cols)] = w.float()
-            gather.append(torch.cat([cols, cols[:1].repeat(col_count - len(cols))]))  # pads meet zero weights
-            source[rows] = g * row_count + torch.arange(len(rows))
-        if covered < self.out_channels:  # the last row of the first group with room is all zero
-            g = next(g for g, (rows, _, _) in enumerate(groups) if len(rows) < row_count)
-            source[source < 0] = g * row_count + row_count - 1
-        self._group_rows = row_count
-        self._plan = (torch.cat(gather).to(x.device), weight.to(x.device, x.dtype).contiguous(memory_format=torch.channels_last),
+        gather, weight, source, self._group_rows = grouped_plan(
+            [(rows, cols, w.detach()) for rows, cols, w in self.blocks()], self.out_channels, self.kernel_size)
+        self._plan = (gather.to(x.device), weight.to(x.device, x.dtype).contiguous(memory_format=torch.channels_last),
                       source.to(x.device))
         self._plan_key = key
         return self._plan
@@ -283,6 +267,72 @@ class RegroupedConv2d(nn.Module):
             raise ValueError("regrouped convolutions need groups=1")
         weight = conv.weight_orig * conv.weight_mask if hasattr(conv, "weight_mask") else conv.weight
         return cls(weight, blocks, unit, conv.stride, conv.padding, conv.dilation, conv.bias, kernel)
+
+
+def grouped_plan(blocks, out_channels, kernel_size):
+    """A channel-unit regrouped convolution as one grouped convolution.
+
+    blocks: [(rows, cols, weight [rows, cols, kh, kw])]. Blocks that share
+    their input channels are merged (regroup splits a part's rows by nn for
+    the GPU); every group is padded with zero weights to the largest.
+    Returns (input channels to gather, grouped weight [groups * rows, cols,
+    kh, kw] fp32, output channel -> grouped output channel, rows per group);
+    output channels outside every block read an all-zero row."""
+    merged = {}
+    for rows, cols, weight in blocks:
+        entry = merged.setdefault(tuple(cols.tolist()), ([], []))
+        entry[0].append(rows.cpu())
+        entry[1].append(weight.cpu())
+    groups = [(torch.cat(rows), torch.tensor(cols), torch.cat(ws)) for cols, (rows, ws) in merged.items()]
+    row_count = max(len(r) for r, _, _ in groups)
+    col_count = max(len(c) for _, c, _ in groups)
+    covered = sum(len(r) for r, _, _ in groups)
+    if covered < out_channels and all(len(r) == row_count for r, _, _ in groups):
+        row_count += 1  # a zero row for the output channels outside every block to read
+    kh, kw = kernel_size
+    weight = torch.zeros(len(groups) * row_count, col_count, kh, kw)
+    gather, source = [], torch.full((out_channels,), -1, dtype=torch.long)
+    for g, (rows, cols, w) in enumerate(groups):
+        weight[g * row_count: g * row_count + len(rows), :len(cols)] = w.float()
+        gather.append(torch.cat([cols, cols[:1].repeat(col_count - len(cols))]))  # pads meet zero weights
+        source[rows] = g * row_count + torch.arange(len(rows))
+    if covered < out_channels:  # the last row of the first group with room is all zero
+        g = next(g for g, (rows, _, _) in enumerate(groups) if len(rows) < row_count)
+        source[source < 0] = g * row_count + row_count - 1
+    return torch.cat(gather), weight, source, row_count
+
+
+class GroupedBlockConv(nn.Module):
+    """A channel-unit regrouped convolution as three standard operators:
+    gather the blocks' input channels, one grouped convolution, gather its
+    outputs into the layer's channel order (+ bias). No caches and no
+    in-place buffers, so torch.export, ONNX and torch.compile take it as it
+    is; RegroupedConv2d runs the same plan with a reused gather buffer."""
+
+    def __init__(self, blocks, out_channels, kernel_size, stride=1, padding=0, dilation=1, bias=None):
+        super().__init__()
+        gather, weight, source, rows_per_group = grouped_plan(blocks, out_channels, kernel_size)
+        self.register_buffer("gather", gather)
+        self.register_buffer("source", source)
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().float().clone())
+        self.groups = weight.shape[0] // rows_per_group
+        self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
+        self.out_channels = out_channels
+
+    @classmethod
+    def from_regrouped(cls, conv):
+        """From a channel-unit RegroupedConv2d (same weights, same outputs)."""
+        if conv.unit != "channel":
+            raise ValueError("only channel-unit regrouped convolutions are grouped convolutions")
+        return cls([(rows, cols, w.detach()) for rows, cols, w in conv.blocks()], conv.out_channels,
+                   conv.kernel_size, conv.stride, conv.padding, conv.dilation, conv.bias)
+
+    def forward(self, x):
+        y = F.conv2d(x.index_select(1, self.gather), self.weight.to(x.dtype), None, self.stride, self.padding,
+                     self.dilation, self.groups)
+        out = y.index_select(1, self.source)
+        return out if self.bias is None else out + self.bias.to(x.dtype).view(1, -1, 1, 1)
 
 
 class _TritonConvFunction(torch.autograd.Function):

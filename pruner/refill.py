@@ -7,8 +7,12 @@ whole, the rest removed whole:
     k = max(1, floor(d + (c_out - d) * r)),  d = nnz(M) / n
 
 d is the number of channels that holds as many weights as M (refill, r = 0);
-r > 0 refills more channels (refill+). Ties break towards the lower channel
-index. Criteria (registry `CRITERIA`):
+r > 0 refills more channels (refill+). With `round_to` N > 1, k is then
+rounded up to a multiple of N (at most c_out): vendor kernels compute
+channels in blocks (oneDNN 16, tensor cores 8), so 38 channels cost about
+what 48 do. The extra channels are the next ones in the criterion's order,
+so every kept channel still scores at least as high as every removed one.
+Ties break towards the lower channel index. Criteria (registry `CRITERIA`):
 
 - remain:    unpruned weights in the channel;
 - magnitude: l1 norm of the channel's remaining trained weights (the paper's best);
@@ -25,11 +29,18 @@ from pruner.masking import masked_weight
 from utils.errors import UserError
 
 
-def kept_channels(layer_mask, rate):
-    """k for one layer's mask (shape [c_out, ...])."""
+def kept_channels(layer_mask, rate, round_to=1):
+    """k for one layer's mask (shape [c_out, ...]), rounded up to a multiple
+    of `round_to` (at most c_out)."""
     c_out = layer_mask.shape[0]
     d = float(layer_mask.count_nonzero()) / (layer_mask.numel() / c_out)
-    return max(1, min(c_out, math.floor(d + (c_out - d) * rate + 1e-9)))
+    k = max(1, min(c_out, math.floor(d + (c_out - d) * rate + 1e-9)))
+    return min(c_out, round_up(k, round_to))
+
+
+def round_up(count, multiple):
+    """The smallest multiple of `multiple` that is at least `count`."""
+    return -(-count // multiple) * multiple
 
 
 def _weight_scores(kind):
@@ -102,11 +113,17 @@ def criterion_names():
     return sorted(CRITERIA)
 
 
-def check_refill_args(criterion, rate):
+def check_refill_args(criterion, rate, round_to=1):
     if criterion not in CRITERIA:
         raise UserError(f"unknown refill criterion '{criterion}'; valid: {', '.join(criterion_names())}")
     if not 0.0 <= rate <= 1.0:
         raise UserError(f"fill-back rate must be in [0, 1], got {rate}")
+    check_round_to(round_to)
+
+
+def check_round_to(round_to):
+    if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
+        raise UserError(f"--round_to must be a positive whole number of channels (1 = no rounding), got {round_to}")
 
 
 def channel_scores(model, mask, criterion, batch=None):
@@ -114,18 +131,48 @@ def channel_scores(model, mask, criterion, batch=None):
     return CRITERIA[criterion](model, mask, batch)
 
 
-def refill(model, mask, criterion="magnitude", rate=0.0, batch=None):
-    """The channel-wise mask: per layer the k best channels of `mask`, whole."""
-    check_refill_args(criterion, rate)
+def refill(model, mask, criterion="magnitude", rate=0.0, batch=None, round_to=1):
+    """The channel-wise mask: per layer the k best channels of `mask`, whole
+    (k rounded up to a multiple of `round_to`)."""
+    check_refill_args(criterion, rate, round_to)
     scores = channel_scores(model, mask, criterion, batch)
     new_mask = Mask()
     for name, m in mask.items():
-        k = kept_channels(m, rate)
+        k = kept_channels(m, rate, round_to)
         order = torch.sort(scores[name], descending=True, stable=True).indices
         rows = torch.zeros(m.shape[0])
         rows[order[:k]] = 1.0
         new_mask[name] = rows.view(-1, *([1] * (m.dim() - 1))).expand_as(m).clone()
     return new_mask
+
+
+def refill_layers_report(mask, new_mask, rate, round_to=1):
+    """Per layer: channels, k before and after rounding, the weights rounding
+    added, density before and after."""
+    layers = {}
+    for name, m in mask.items():
+        per_channel = m[0].numel()  # weights in one whole output channel
+        k_paper, k = kept_channels(m, rate), kept_channels(m, rate, round_to)
+        layers[name] = {"channels": m.shape[0], "kept_channels_unrounded": k_paper, "kept_channels": k,
+                        "weights_added_by_rounding": (k - k_paper) * per_channel,
+                        "density_before": float(m.count_nonzero()) / m.numel(),
+                        "density_after": float(new_mask[name].count_nonzero()) / m.numel()}
+    return layers
+
+
+def format_refill_report(layers):
+    """One line per layer: kept channels (before rounding), density change."""
+    lines = []
+    for name, info in layers.items():
+        rounded = info["kept_channels"] != info["kept_channels_unrounded"]
+        kept = f"{info['kept_channels']:>4}/{info['channels']:<4}"
+        extra = f" (k {info['kept_channels_unrounded']} rounded up, +{info['weights_added_by_rounding']} weights)" if rounded else ""
+        lines.append(f"  {name:<24} {kept} channels | density {100 * info['density_before']:6.2f}% -> "
+                     f"{100 * info['density_after']:6.2f}%{extra}")
+    added = sum(info["weights_added_by_rounding"] for info in layers.values())
+    if any(info["kept_channels"] != info["kept_channels_unrounded"] for info in layers.values()):
+        lines.append(f"  rounding added {added} weights in all")
+    return "\n".join(lines)
 
 
 def is_channel_wise(layer_mask):

@@ -15,7 +15,10 @@ For one layer's 2-D mask [c_out, c_in*kh*kw] (DESIGN.md §5):
    its mask (reported, never silent).
 
 With unit="channel" a column is a whole input channel (all kh*kw taps), so
-blocks are "these output channels x these input channels".
+blocks are "these output channels x these input channels"; `round_to` N
+then rounds each block's input channels up to a multiple of N (the next
+columns in the part's count order, then the layer's empty channels, at most
+all of them), as vendor kernels compute channels in blocks.
 
 Everything is array code: per part, one cumulative sum finds i for all rows.
 """
@@ -27,6 +30,7 @@ import torch
 
 from pruner.mask import Mask
 from pruner.partition import partition_rows
+from pruner.refill import check_round_to, round_up
 from utils.errors import UserError
 
 UNITS = ("weight", "channel")
@@ -43,7 +47,7 @@ class LayerRegroup:
     seconds: float = 0.0
 
 
-def check_regroup_args(t1, cn, nn, b2, unit="weight"):
+def check_regroup_args(t1, cn, nn, b2, unit="weight", round_to=1):
     if not t1 > 0:
         raise UserError(f"t1 must be positive, got {t1}")
     if cn < 1:
@@ -54,6 +58,9 @@ def check_regroup_args(t1, cn, nn, b2, unit="weight"):
         raise UserError(f"b2 (minimum rows of a block) must be at least 0, got {b2}")
     if unit not in UNITS:
         raise UserError(f"unknown regroup unit '{unit}'; valid: {', '.join(UNITS)}")
+    check_round_to(round_to)
+    if round_to > 1 and unit != "channel":
+        raise UserError(f"--round_to {round_to} rounds whole input channels: use it with --regroup_unit channel")
 
 
 def _check_mask(mask):
@@ -64,21 +71,23 @@ def _check_mask(mask):
         raise UserError("regroup needs a binary mask (only 0 and 1)")
 
 
-def part_columns(sub, t1):
+def part_columns(sub, t1, round_to=1):
     """Columns (indices into sub's columns) of one part's block: the smallest
     prefix of the columns sorted by count at which every row holds more than
-    t1 times its nonzeros outside the prefix... as i > t1 * outside."""
+    t1 times its nonzeros outside the prefix... as i > t1 * outside; its
+    length rounded up to a multiple of `round_to` (at most all columns)."""
     counts = sub.sum(0)
     order = np.argsort(-counts, kind="stable")
     inside = np.cumsum(sub[:, order], axis=1)  # [rows, i]: nonzeros within the first i sorted columns
     outside = sub.sum(1, keepdims=True) - inside
     i = np.arange(1, sub.shape[1] + 1)
     first = int(np.argmax(i > t1 * outside.max(0)))  # always true once outside is all zero
-    return order[: first + 1]
+    return order[: round_up(first + 1, round_to)]
 
 
-def find_blocks(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy"):
-    """Blocks (row indices, column indices) of a 2-D 0/1 mask."""
+def find_blocks(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy", round_to=1):
+    """Blocks (row indices, column indices) of a 2-D 0/1 mask; with
+    `round_to`, every block has a multiple of it columns (or all of them)."""
     _check_mask(mask)
     check_regroup_args(t1, cn, nn, b2)
     m = mask.detach().cpu().numpy() != 0
@@ -92,7 +101,10 @@ def find_blocks(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy"):
         members = np.flatnonzero(parts == p)
         if len(members) <= b2:
             continue
-        cols = col_ids[part_columns(sub[members].astype(np.int32), t1)]
+        cols = col_ids[part_columns(sub[members].astype(np.int32), t1, round_to)]
+        if len(cols) % round_to:  # fewer nonzero columns than the multiple: add empty ones, lowest index first
+            spare = np.setdiff1d(np.arange(m.shape[1]), cols)
+            cols = np.concatenate([cols, spare[: round_up(len(cols), round_to) - len(cols)]])
         cols = torch.from_numpy(np.sort(cols))
         rows = torch.from_numpy(row_ids[members])
         tiled = (len(rows) // nn) * nn
@@ -118,16 +130,17 @@ def regroup(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy"):
     return blocks_to_mask(blocks, mask.shape, mask.dtype).to(mask.device)
 
 
-def regroup_layer(layer_mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy", unit="weight"):
+def regroup_layer(layer_mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy", unit="weight",
+                  round_to=1):
     """Regroup one conv mask [c_out, c_in, kh, kw]; returns (new mask, LayerRegroup)."""
-    check_regroup_args(t1, cn, nn, b2, unit)
+    check_regroup_args(t1, cn, nn, b2, unit, round_to)
     tic = time.perf_counter()
     c_out, c_in, kh, kw = layer_mask.shape
     if unit == "channel":
         grid = (layer_mask.reshape(c_out, c_in, kh * kw).sum(2) > 0).to(layer_mask.dtype)
     else:
         grid = layer_mask.reshape(c_out, -1)
-    blocks = find_blocks(grid, t1, cn, nn, b2, seed, partitioner)
+    blocks = find_blocks(grid, t1, cn, nn, b2, seed, partitioner, round_to)
     info = LayerRegroup(blocks=blocks, density_before=float(layer_mask.count_nonzero()) / layer_mask.numel())
     if not blocks:
         new = layer_mask.clone()
@@ -145,11 +158,11 @@ def regroup_layer(layer_mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="g
     return new, info
 
 
-def regroup_mask(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy", unit="weight"):
+def regroup_mask(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy", unit="weight", round_to=1):
     """Regroup every layer of a Mask; returns (new Mask, {layer: LayerRegroup})."""
     new_mask, infos = Mask(), {}
     for name, m in mask.items():
-        new_mask[name], infos[name] = regroup_layer(m.cpu(), t1, cn, nn, b2, seed, partitioner, unit)
+        new_mask[name], infos[name] = regroup_layer(m.cpu(), t1, cn, nn, b2, seed, partitioner, unit, round_to)
     return new_mask, infos
 
 

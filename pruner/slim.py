@@ -72,11 +72,13 @@ class SlimConv(nn.Module):
 
     def _const_map(self, x):
         key = (x.shape[-2], x.shape[-1], x.device, x.dtype)
-        if key not in self._const_maps:
-            image = self.removed_value.to(x.dtype).view(1, -1, 1, 1).expand(1, -1, *x.shape[-2:])
-            self._const_maps[key] = F.conv2d(image, self.removed_weight.to(x.dtype), None,
-                                             self.stride, self.padding, self.dilation)
-        return self._const_maps[key]
+        if key in self._const_maps:
+            return self._const_maps[key]
+        image = self.removed_value.to(x.dtype).view(1, -1, 1, 1).expand(1, -1, *x.shape[-2:])
+        const = F.conv2d(image, self.removed_weight.to(x.dtype), None, self.stride, self.padding, self.dilation)
+        if not torch.compiler.is_compiling():  # a traced graph computes (and folds) it itself; cache real tensors only
+            self._const_maps[key] = const
+        return const
 
     def forward(self, x):
         if self.in_index is not None:

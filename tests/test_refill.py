@@ -125,7 +125,8 @@ def test_refill_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
     save = tmp_path / "refill"
     ck1 = digits_imp_run / "1checkpoint.pth.tar"
     proc = run_script("main_eval_fillback.py", "--pretrained", ck1, "--mask_dir", ck1, "--criterion", "magnitude",
-                      "--save_dir", save, "--save_model", "--export_slim", save / "slim.pt2")
+                      "--save_dir", save, "--save_model", "--export_slim", save / "slim.pt2", "--round_to", "8",
+                      "--export_onnx", tmp_path / "slim.onnx")
     assert proc.returncode == 0, proc.stderr
     dense = json.loads((digits_imp_run / "summary.json").read_text())["states"][0]["test_acc_at_best_val"]
     refilled = json.loads((save / "summary.json").read_text())["states"][0]
@@ -147,6 +148,19 @@ def test_refill_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
     accuracy = 100.0 * (predictions == data.test.tensors[1]).float().mean().item()
     assert abs(accuracy - refilled["test_acc_at_best_val"]) < 1e-3  # the slimmed model is the best checkpoint
     assert int(fresh.stdout.split()[-1]) < 272186  # res20s has 272,186 parameters
+    # The ONNX file gives the same predictions in ONNX Runtime, at a batch size other than the traced one.
+    code = ("import sys, numpy, onnxruntime; s = onnxruntime.InferenceSession(sys.argv[1]); "
+            "x = numpy.load(sys.argv[2]); print(' '.join(str(int(v)) for v in s.run(None, {'images': x})[0].argmax(1)))")
+    import numpy
+    numpy.save(tmp_path / "images.npy", data.test.tensors[0].numpy())
+    ort = subprocess.run([sys.executable, "-I", "-c", code, str(tmp_path / "slim.onnx"), str(tmp_path / "images.npy")],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert ort.returncode == 0, ort.stderr
+    assert [int(v) for v in ort.stdout.split()] == predictions.tolist()
+    layers = json.loads((save / "summary.json").read_text())["layers"]
+    assert all(v["kept_channels"] % 8 == 0 or v["kept_channels"] == v["channels"] for v in layers.values())
+    assert any(v["kept_channels"] > v["kept_channels_unrounded"] for v in layers.values())
+    assert "slimmed model exported to" in proc.stdout and "ONNX Runtime" in proc.stdout
     ev = run_script("main_eval_fillback.py", "--evaluate", "--checkpoint", save / "model_SA_best.pth.tar")
     assert ev.returncode == 0, ev.stderr
     assert f"test {refilled['test_acc_at_best_val']:.2f}%" in ev.stdout
@@ -172,12 +186,17 @@ def test_cut_off_retraining_resumes_from_its_save_dir_bit_exact(digits_imp_run, 
 def test_imp_refill_rounds_are_channel_wise(tmp_path):
     save = tmp_path / "imp_refill"
     proc = run_script("main_imp.py", "--epochs", "1", "--pruning_times", "3", "--fillback", "--criteria", "saliency",
-                      "--fillback_rate", "0.1", "--save_dir", save)
+                      "--fillback_rate", "0.1", "--round_to", "4", "--save_dir", save)
     assert proc.returncode == 0, proc.stderr
     for state in (1, 2):
         sd = load_file(str(save / f"{state}checkpoint.pth.tar"))["state_dict"]
         masks = {k: v for k, v in sd.items() if k.endswith("weight_mask")}
         assert masks and all(is_channel_wise(v) for v in masks.values())
+        kept = [int(v.flatten(1).amax(1).sum()) for v in masks.values()]
+        assert all(k % 4 == 0 or k == v.shape[0] for k, v in zip(kept, masks.values()))
+    states = json.loads((save / "summary.json").read_text())["states"]
+    layers = {k.removesuffix(".weight_mask") for k in masks}
+    assert all(set(s["next_refill"]) == layers for s in states[:2])  # per layer k before and after rounding
 
 
 def test_bad_input(tmp_path, cli_error):
@@ -203,4 +222,10 @@ def test_bad_input(tmp_path, cli_error):
     line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--prune-type", "trained", "--save_model",
                                           "--export_slim", str(tmp_path / "missing" / "slim.pt2")] + save)
     assert "--export_slim" in line and "cannot be written" in line
+    line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--prune-type", "trained", "--save_model",
+                                          "--export_onnx", str(tmp_path / "missing" / "slim.onnx")] + save)
+    assert "--export_onnx" in line and "cannot be written" in line
+    for bad in ("0", "-3"):
+        line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--round_to", bad] + save)
+        assert f"--round_to must be a positive whole number of channels (1 = no rounding), got {bad}" in line
     assert not (tmp_path / "out").exists()  # nothing written on bad input

@@ -162,17 +162,28 @@ def test_regroup_retrains_within_two_points_of_dense(digits_imp_run, tmp_path):
 def test_imp_regroup(tmp_path):
     save = tmp_path / "imp_regroup"
     proc = run_script("main_imp.py", "--epochs", "1", "--pruning_times", "2", "--regroup", "--b2", "4",
-                      "--regroup_unit", "channel", "--save_dir", save)
+                      "--regroup_unit", "channel", "--round_to", "4", "--save_dir", save)
     assert proc.returncode == 0, proc.stderr
     sd = load_file(str(save / "1checkpoint.pth.tar"))["state_dict"]
     # layer3 has 64 rows: parts of 8 > b2 form blocks (smaller layers keep their masks)
     taps = [v.sum((2, 3)) for k, v in sd.items() if k.startswith("layer3") and k.endswith("conv1.weight_mask")]
     assert taps and all(torch.all((t == 0) | (t == 9)) for t in taps)
+    channels = torch.cat([(t > 0).sum(1) for t in taps])  # input channels per output channel = its block's
+    assert torch.all((channels == 0) | (channels % 4 == 0) | (channels == taps[0].shape[1]))
     assert "no block: mask kept" in proc.stdout
+    # The ticket exports as ONNX (how it was regrouped comes from the checkpoint's arguments).
+    export = run_script("main_eval_regroup_retrain.py", "--evaluate", "--checkpoint", save / "1checkpoint.pth.tar",
+                        "--export_onnx", tmp_path / "regrouped.onnx", "--save_dir", tmp_path / "eval")
+    assert export.returncode == 0, export.stderr
+    assert "regrouped ticket exported to" in export.stdout and "masked dense convolutions: layer1" in export.stdout
+    assert (tmp_path / "regrouped.onnx").stat().st_size > 0
 
 
 def test_script_bad_input(tmp_path, cli_error):
     for argv, expected in ((["--cn", "0"], "cn (number of parts) must be at least 1"),
-                           (["--t1", "0"], "t1 must be positive")):
+                           (["--t1", "0"], "t1 must be positive"),
+                           (["--round_to", "0", "--regroup_unit", "channel"], "--round_to must be a positive whole"),
+                           (["--round_to", "8"], "--round_to 8 rounds whole input channels: use it with --regroup_unit channel"),
+                           (["--export_onnx", "/nonexistent/r.onnx", "--save_model"], "--export_onnx '/nonexistent/r.onnx': its folder")):
         line = cli_error(main_eval_regroup_retrain, argv + ["--mask_dir", "x", "--save_dir", str(tmp_path / "o")])
         assert expected in line

@@ -54,6 +54,15 @@ def add_ticket(parser):
     add_trust_flag(g)
 
 
+def add_round_to(group):
+    """--round_to: channel counts rounded up for the hardware (refill's kept
+    channels, channel-unit regroup's block columns)."""
+    group.add_argument("--round_to", type=int, default=1, metavar="N",
+                       help="round each layer's kept channels (refill, refill+) or each block's input channels "
+                            "(regroup --regroup_unit channel) up to a multiple of N: oneDNN computes channels in "
+                            "blocks of 16, tensor cores in 8; 1 = the paper's k")
+
+
 def add_regroup_args(parser):
     """The regroup knobs (shared with main_imp.py's IMP-Regroup)."""
     g = parser.add_argument_group("regroup")
@@ -65,6 +74,7 @@ def add_regroup_args(parser):
                    help="a column is one weight (the paper) or one whole input channel")
     g.add_argument("--partitioner", default="greedy", choices=sorted(PARTITIONERS),
                    help="row partitioner: greedy (fast) or mtkahypar (reference)")
+    return g
 
 
 def finish(args):

@@ -9,11 +9,12 @@ mask when it is called.
 """
 import os
 
+from models import build_model
 from pruner.mask import Mask
 from pruner.masking import apply_mask, check_compatible, load_plain_weights, load_weights
 from utils.arguments import add_general, add_ticket, add_training, checkpoint_bytes, finish, prepare_save_dir
 from utils.checkpoint import load_file, plain_weights, state_dict_of
-from utils.datasets import make_loader
+from utils.datasets import load_dataset, make_loader
 from utils.errors import UserError
 from utils.flops import flops_report, masked_flops
 from utils.report import environment, plot_states, state_record, write_summary
@@ -34,6 +35,51 @@ def add_retrain_args(parser, save_dir):
                    help="weights to retrain from: lt/rewind_lt = --pretrained's init_weight (the rewind point), "
                         "pt = --pretrained's weights, trained = --mask_dir's trained weights")
     g.add_argument("--evaluate", action="store_true", help="only evaluate --checkpoint")
+
+
+def add_export_args(group, slim=False):
+    """--export_onnx (and --export_slim for refill): files written from the
+    best checkpoint after retraining, or from --checkpoint with --evaluate."""
+    if slim:
+        group.add_argument("--export_slim", default=None, metavar="FILE",
+                           help="also export the physically slimmed model (from the best checkpoint, or from "
+                                "--checkpoint with --evaluate) to FILE (.pt2, torch.export, dynamic batch), after "
+                                "checking that the saved program gives the masked model's outputs")
+    group.add_argument("--export_onnx", default=None, metavar="FILE",
+                       help="also export the structured ticket (from the best checkpoint, or from --checkpoint with "
+                            "--evaluate) as ONNX with a dynamic batch, kept only if it passes onnx.checker and gives "
+                            "the PyTorch model's outputs in ONNX Runtime")
+
+
+def check_export_args(args, flags):
+    """Before training: each export flag given needs saved weights and a
+    folder it can write (--save_dir itself is made and checked by the run)."""
+    for flag in flags:
+        path = getattr(args, flag)
+        if not path:
+            continue
+        if not (args.save_model or args.evaluate):
+            raise UserError(f"--{flag} needs the retrained weights: add --save_model (or use --evaluate --checkpoint)")
+        folder = os.path.dirname(os.path.abspath(path))
+        if folder != os.path.abspath(args.save_dir) and not (os.path.isdir(folder) and os.access(folder, os.W_OK)):
+            raise UserError(f"--{flag} '{path}': its folder does not exist or cannot be written")
+
+
+def exported_ticket(args):
+    """(the retrained masked model in eval mode, test images to check an export
+    on, the arguments of the run that saved it or {}): from the run's best
+    checkpoint, or --checkpoint with --evaluate."""
+    source = args.checkpoint if args.evaluate else os.path.join(args.save_dir, "model_SA_best.pth.tar")
+    ckpt = load_file(source, "checkpoint to export", args.trust_checkpoint)
+    if "state_dict" not in ckpt:
+        raise UserError(f"'{source}' holds no weights: retrain with --save_model to export the ticket")
+    data = load_dataset(args.dataset, args.data)
+    spec = data.spec
+    model = build_model(args.arch, spec.num_classes, spec.in_channels, spec.mean, spec.std, spec.imagenet_stem)
+    load_weights(model, state_dict_of(ckpt, source))
+    images = next(iter(make_loader(data.test, 64, False, 0)))[0]
+    saved_args = ckpt.get("args") if isinstance(ckpt.get("args"), dict) else {}
+    return model.eval(), images, saved_args
 
 
 def training_batch(data, args):
