@@ -15,7 +15,8 @@ import torch
 from utils.errors import UserError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-KERNEL_SOURCE = os.path.join(ROOT, "profile", "regroup_conv", "regroup_conv.cu")
+# The kernel (nvcc, CUDA runtime only) and its PyTorch binding (the host compiler).
+KERNEL_SOURCES = tuple(os.path.join(ROOT, "profile", "regroup_conv", f"regroup_conv.{ext}") for ext in ("cu", "cpp"))
 DEFAULT_ARCHS = ("80", "90")
 
 
@@ -61,15 +62,17 @@ def build_regroup_kernel(verbose=False):
     if toolkit:
         cpp_extension.CUDA_HOME = toolkit
     archs = target_archs()
-    with open(KERNEL_SOURCE, "rb") as f:
-        source = f.read()
+    source = b""
+    for path in KERNEL_SOURCES:
+        with open(path, "rb") as f:
+            source += f.read()
     digest = hashlib.sha256(source + ",".join(archs).encode() + torch.version.cuda.encode()).hexdigest()[:12]
     name = f"regroup_conv_{digest}"
     build_dir = os.path.join(cache_root(), "kernels", name)
     os.makedirs(build_dir, exist_ok=True)
     flags = ["-O3"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     try:
-        return cpp_extension.load(name=name, sources=[KERNEL_SOURCE], extra_cuda_cflags=flags,
+        return cpp_extension.load(name=name, sources=list(KERNEL_SOURCES), extra_cuda_cflags=flags,
                                   extra_include_paths=wheel_include_dirs(), build_directory=build_dir,
                                   verbose=verbose)
     except (RuntimeError, OSError, ImportError) as err:
