@@ -1,14 +1,19 @@
 """Benchmark: CPU (or GPU) inference time of a dense model against its
 slimmed refill ticket, beside the FLOPs ratio.
 
-    python profile/slim_speed.py --arch res18 --sparsity 0.5 0.8 --batch_size 64
+    python profile/slim_speed.py --arch res18 --sparsity 0.5 0.8 --batch_size 64 --round_to 16 [--compile]
 
 For each weight sparsity, a mask is made by one global magnitude step on the
 model's initial weights and refilled (magnitude criterion, rate 0): the
-channel density refill gives at that sparsity. The slimmed model must give
-the masked model's outputs (checked); timings alternate dense / slimmed,
-after warm-up, and report medians. Speedup / FLOPs ratio near 1 means the
-slimmed model is as fast as its FLOPs promise.
+channel density refill gives at that sparsity. With --round_to N two more
+tickets join: each layer's k rounded up to a multiple of N ("round N"), and
+the rounded ticket at the weight budget of the unrounded one ("round N, same
+weights": the lowest sparsity whose rounded ticket holds no more weights).
+Every slimmed model must give the masked model's outputs (checked); timings
+alternate dense / slimmed variants, after warm-up, and report medians.
+Speedup / FLOPs ratio near 1 means the slimmed model is as fast as its FLOPs
+promise. --compile times torch.compile'd (inductor) dense against compiled
+slimmed models.
 
 On the CPU a second table splits a forward pass of each model into the
 time spent in conv2d calls and the rest: the convolutions' own speedup is the
@@ -31,7 +36,7 @@ from pruner.masking import apply_mask  # noqa: E402
 from pruner.refill import refill  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
-from utils.layer_bench import alternating_medians  # noqa: E402
+from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 
@@ -45,6 +50,9 @@ def get_args_parser():
     p.add_argument("--repeats", type=int, default=15, help="timed forward passes per model")
     p.add_argument("--memory_format", choices=["channels_last", "contiguous"], default="channels_last",
                    help="tensor layout for both models (oneDNN and cuDNN are fastest with channels_last)")
+    p.add_argument("--round_to", type=int, default=1, metavar="N",
+                   help="also time tickets whose kept channels are rounded up to a multiple of N")
+    p.add_argument("--compile", action="store_true", help="time torch.compile'd dense and slimmed models")
     p.add_argument("--gpu", type=int, default=None)
     return p
 
@@ -81,8 +89,48 @@ def conv_and_rest_seconds(model, x, passes=5):
     return statistics.median(conv), statistics.median(rest)
 
 
+def refilled(dense, arch, num_classes, sparsity, round_to):
+    """(masked model, its refill mask) at `sparsity`, k rounded to `round_to`."""
+    masked = build_model(arch, num_classes, 3).eval()
+    masked.load_state_dict(dense.state_dict())
+    mask = refill(masked, global_magnitude_prune(masked, sparsity), "magnitude", 0.0, None, round_to)
+    apply_mask(masked, mask)
+    return masked, mask
+
+
+def kept_weights(mask):
+    return sum(int(m.count_nonzero()) for m in mask.values())
+
+
+def same_budget_sparsity(dense, arch, num_classes, sparsity, round_to, steps=24):
+    """The lowest sparsity (bisection) at which the ticket rounded to
+    `round_to` holds no more weights than the unrounded ticket at `sparsity`."""
+    budget = kept_weights(refilled(dense, arch, num_classes, sparsity, 1)[1])
+    low, high = sparsity, 1.0 - 1e-6  # weights(low) > budget once rounded; weights(high) <= budget
+    for _ in range(steps):
+        middle = (low + high) / 2
+        if kept_weights(refilled(dense, arch, num_classes, middle, round_to)[1]) <= budget:
+            high = middle
+        else:
+            low = middle
+    return high
+
+
+def tickets(dense, args, sparsity):
+    """[(label, sparsity, masked model, mask)] timed at one sparsity."""
+    rows = [("refill", sparsity, *refilled(dense, args.arch, args.num_classes, sparsity, 1))]
+    if args.round_to > 1:
+        n = args.round_to
+        rows.append((f"round {n}", sparsity, *refilled(dense, args.arch, args.num_classes, sparsity, n)))
+        matched = same_budget_sparsity(dense, args.arch, args.num_classes, sparsity, n)
+        rows.append((f"round {n}, same weights", matched, *refilled(dense, args.arch, args.num_classes, matched, n)))
+    return rows
+
+
 @torch.no_grad()
 def main(args):
+    if args.round_to < 1:
+        sys.exit(f"slim_speed.py: error: --round_to must be a positive whole number of channels, got {args.round_to}")
     device = select_device(args.gpu)
     torch.manual_seed(0)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
@@ -90,37 +138,40 @@ def main(args):
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     x = torch.rand(shape, device=device).contiguous(memory_format=fmt)
     dense_flops = model_flops(dense, shape)
-    print(f"device {device} | torch {torch.__version__} | {torch.get_num_threads()} CPU threads | {args.arch}, "
-          f"input {tuple(shape)} {args.memory_format} | median of {args.repeats} forward passes after warm-up")
-    print(f"{'sparsity':>8} {'channels kept':>13} {'dense ms':>9} {'slim ms':>8} {'speedup':>8} {'FLOPs ratio':>11} "
-          f"{'speedup/FLOPs':>13} {'max |diff|':>10}")
+    prepare = torch.compile if args.compile else (lambda model: model)
+    print(f"{environment_line(device)} | {args.arch}, input {tuple(shape)} {args.memory_format} | "
+          f"{'torch.compile (inductor) on both sides' if args.compile else 'eager'} | median of {args.repeats} "
+          f"forward passes after warm-up, models timed in turn")
+    print(f"{'sparsity':>8} {'ticket':<22} {'weights':>10} {'channels kept':>13} {'dense ms':>9} {'slim ms':>8} "
+          f"{'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13} {'max |diff|':>10}")
+    d = prepare(dense.to(device, memory_format=fmt))
     split_rows = []
     for sparsity in args.sparsity:
-        masked = build_model(args.arch, args.num_classes, 3).eval()
-        masked.load_state_dict(dense.state_dict())
-        mask = refill(masked, global_magnitude_prune(masked, sparsity), "magnitude", 0.0)
-        apply_mask(masked, mask)
-        slimmed = slim(masked).to(device, memory_format=fmt).eval()
-        ref = masked.to(device, memory_format=fmt)(x)
-        diff = (slimmed(x) - ref).abs().max().item()
-        kept = sum(int(m.flatten(1).amax(1).sum()) for m in mask.values()) / sum(m.shape[0] for m in mask.values())
-        d = dense.to(device, memory_format=fmt)
-        medians = alternating_medians({"dense": lambda: d(x), "slim": lambda: slimmed(x)}, device, args.repeats, warmup=3)
-        t_dense, t_slim = medians["dense"], medians["slim"]
-        flops_ratio = dense_flops / model_flops(slimmed.cpu(), shape)
-        slimmed.to(device, memory_format=fmt)
-        speedup = t_dense / t_slim
-        print(f"{100 * sparsity:7.0f}% {100 * kept:12.1f}% {1e3 * t_dense:9.2f} {1e3 * t_slim:8.2f} {speedup:7.2f}x "
-              f"{flops_ratio:10.2f}x {speedup / flops_ratio:13.2f} {diff:10.1e}")
-        if device.type == "cpu":
-            split_rows.append((sparsity, flops_ratio, conv_and_rest_seconds(d, x), conv_and_rest_seconds(slimmed, x)))
+        rows = []
+        for label, at, masked, mask in tickets(dense, args, sparsity):
+            slimmed = slim(masked)
+            flops_ratio = dense_flops / model_flops(slimmed, shape)
+            slimmed = prepare(slimmed.to(device, memory_format=fmt).eval())
+            diff = (slimmed(x) - masked.to(device, memory_format=fmt)(x)).abs().max().item()
+            kept = sum(int(m.flatten(1).amax(1).sum()) for m in mask.values()) / sum(m.shape[0] for m in mask.values())
+            rows.append((label, at, kept_weights(mask), kept, slimmed, flops_ratio, diff))
+        fns = {"dense": lambda: d(x), **{row[0]: (lambda m=row[4]: m(x)) for row in rows}}
+        medians = alternating_medians(fns, device, args.repeats, warmup=3)
+        for label, at, weights, kept, slimmed, flops_ratio, diff in rows:
+            speedup = medians["dense"] / medians[label]
+            print(f"{100 * at:7.1f}% {label:<22} {weights:>10,} {100 * kept:12.1f}% {1e3 * medians['dense']:9.2f} "
+                  f"{1e3 * medians[label]:8.2f} {speedup:7.2f}x {flops_ratio:10.2f}x {speedup / flops_ratio:13.2f} "
+                  f"{diff:10.1e}")
+            if device.type == "cpu" and not args.compile:
+                split_rows.append((at, label, flops_ratio, conv_and_rest_seconds(d, x), conv_and_rest_seconds(slimmed, x)))
     if split_rows:
         print("\none forward pass split (ms, medians): convolutions | everything else")
-        print(f"{'sparsity':>8} {'dense conv':>10} {'slim conv':>9} {'conv speedup':>12} {'conv speedup/FLOPs':>18} "
-              f"{'dense rest':>10} {'slim rest':>9}")
-        for sparsity, flops_ratio, (dense_conv, dense_rest), (slim_conv, slim_rest) in split_rows:
-            print(f"{100 * sparsity:7.0f}% {1e3 * dense_conv:10.2f} {1e3 * slim_conv:9.2f} {dense_conv / slim_conv:11.2f}x "
-                  f"{dense_conv / slim_conv / flops_ratio:18.2f} {1e3 * dense_rest:10.2f} {1e3 * slim_rest:9.2f}")
+        print(f"{'sparsity':>8} {'ticket':<22} {'dense conv':>10} {'slim conv':>9} {'conv speedup':>12} "
+              f"{'conv speedup/FLOPs':>18} {'dense rest':>10} {'slim rest':>9}")
+        for sparsity, label, flops_ratio, (dense_conv, dense_rest), (slim_conv, slim_rest) in split_rows:
+            print(f"{100 * sparsity:7.1f}% {label:<22} {1e3 * dense_conv:10.2f} {1e3 * slim_conv:9.2f} "
+                  f"{dense_conv / slim_conv:11.2f}x {dense_conv / slim_conv / flops_ratio:18.2f} {1e3 * dense_rest:10.2f} "
+                  f"{1e3 * slim_rest:9.2f}")
 
 
 if __name__ == "__main__":

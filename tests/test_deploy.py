@@ -15,19 +15,9 @@ from pruner.slim import slim
 from utils.datasets import load_dataset
 from utils.errors import UserError
 from utils.onnx_export import export_onnx
+from utils.structured_bench import trained_looking
 
 EXPORT_ARCHS = ["res18", "res20s", "vgg16_bn", "wrn32", "mobilenet"]
-
-
-def trained_looking(model):
-    """BN statistics away from their initial values, so removed channels leave
-    non-zero constants behind (what slimming must reproduce)."""
-    g = torch.Generator().manual_seed(5)
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) * 2 - 1)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) * 1.5 + 0.5)
-        bn.bias.data.copy_(torch.rand(bn.num_features, generator=g) * 2 - 1)
-    return model.eval()
 
 
 @pytest.fixture(scope="module")

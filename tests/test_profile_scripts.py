@@ -2,6 +2,7 @@
 timing a layer through the vendor convolution, with their bad-input errors."""
 import importlib.util
 import os
+import re
 
 import torch
 
@@ -92,13 +93,19 @@ def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
     """Both CPU benchmarks on small inputs: every row checked (max |diff| 0
     within float noise), ratios and the conv/rest split printed."""
     slim_speed = run_script("profile/slim_speed.py", "--arch", "res20s", "--batch_size", "8", "--image_size", "8",
-                            "--sparsity", "0.5", "--repeats", "2")
+                            "--sparsity", "0.5", "--repeats", "2", "--round_to", "8")
     assert slim_speed.returncode == 0, slim_speed.stderr
     lines = slim_speed.stdout.splitlines()
-    row = next(line.split() for line in lines if line.strip().startswith("50%"))
-    assert float(row[-1]) < 1e-4 and row[4].endswith("x") and row[5].endswith("x")
-    split = [line.split() for line in lines if line.strip().startswith("50%")][1]
-    assert float(split[1]) > 0 and float(split[2]) > 0  # dense and slim conv milliseconds
+    assert "CPU: " in lines[0] and "AVX" in lines[0]  # the CPU model and vector instructions it ran on
+    table = lines[2:5]
+    labels = [re.search(r"% (refill|round 8, same weights|round 8) ", row).group(1) for row in table]
+    assert labels == ["refill", "round 8", "round 8, same weights"]
+    rows = [row.split("%", 1)[1].replace(labels[i], "", 1).split() for i, row in enumerate(table)]
+    weights = [int(row[0].replace(",", "")) for row in rows]
+    assert weights[1] > weights[0] >= weights[2]  # rounding adds weights; the matched ticket holds no more
+    assert all(float(row[-1]) < 1e-4 and row[4].endswith("x") and row[5].endswith("x") for row in rows)
+    split = next(line for line in lines[6:] if "refill" in line).split()
+    assert float(split[2]) > 0 and float(split[3]) > 0  # dense and slim conv milliseconds
     assert "GPU" not in slim_speed.stderr  # no profiler start-up noise
     cpu_speed = run_script("profile/regroup_conv/cpu_speed.py", "--batch_size", "4", "--image_size", "16",
                            "--sparsity", "0.93", "--repeats", "1")

@@ -2,6 +2,7 @@
 files (one masked conv weight each, written by profile/regroup_conv/split.py),
 the input-shape flags of the original scripts, and sound timing (warm-up,
 synchronised clocks or CUDA events, median of many runs)."""
+import platform
 import statistics
 import time
 
@@ -91,7 +92,20 @@ def median_seconds(fn, device, repeats, warmup=5):
     return alternating_medians({"fn": fn}, device, repeats, warmup)["fn"]
 
 
+def cpu_description():
+    """The CPU model (from /proc/cpuinfo where there is one) and the vector
+    instructions PyTorch's CPU kernels use on it (AVX2, AVX512, ...)."""
+    model = platform.processor() or "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return f"{model}, {torch.backends.cpu.get_cpu_capability()}"
+
+
 def environment_line(device):
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU: {cpu_description()}, {torch.get_num_threads()} threads")
     cudnn = f" | cuDNN {torch.backends.cudnn.version()}" if device.type == "cuda" else ""
     return f"device {device} ({name}) | torch {torch.__version__}{cudnn}"

@@ -172,6 +172,19 @@ def conv_input_shapes(model, input_shape):
     return shapes
 
 
+def trained_looking(model, seed=0):
+    """`model` in eval mode with BatchNorm statistics and shifts moved off their
+    initial values (seeded), as in a trained network: removed channels then
+    leave non-zero constants behind, which slimmed and exported models must
+    reproduce."""
+    g = torch.Generator().manual_seed(seed)
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) * 2 - 1)
+        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) * 1.5 + 0.5)
+        bn.bias.data.copy_(torch.rand(bn.num_features, generator=g) * 2 - 1)
+    return model.eval()
+
+
 def resnet18_ticket(sparsity, seed=0):
     """(masked CIFAR ResNet-18, its Mask): one seeded global magnitude step
     on the initial weights (the benchmark tickets of profile/)."""
