@@ -23,6 +23,22 @@ def run_script(script, *args, cwd=None, timeout=600, env=None):
                           env=env, capture_output=True, text=True, timeout=timeout)
 
 
+def digits_res20s_ticket(sparsity):
+    """(res20s for digits with a global magnitude mask at `sparsity` applied,
+    the mask, a batch of 32 training images and labels), seeded."""
+    import torch
+    from models import build_model
+    from pruner.magnitude import global_magnitude_prune
+    from pruner.masking import apply_mask
+    from utils.datasets import load_dataset
+    torch.manual_seed(0)
+    model = build_model("res20s", 10, 1, (0.3,), (0.2,))
+    mask = global_magnitude_prune(model, sparsity)
+    apply_mask(model, mask)
+    data = load_dataset("digits", "")
+    return model, mask, (data.train.tensors[0][:32], data.train.tensors[1][:32])
+
+
 @pytest.fixture
 def cli_error(capsys):
     """Run an entry script's main in-process through run_cli and return the

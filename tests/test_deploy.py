@@ -4,6 +4,7 @@ slimmed and grouped models."""
 import pytest
 import torch
 
+from conftest import digits_res20s_ticket
 from models import build_model
 from models.regrouped import GroupedBlockConv, RegroupedConv2d, regroup_model
 from pruner.grouped import channel_blocks, grouped_model
@@ -12,7 +13,6 @@ from pruner.masking import apply_mask
 from pruner.refill import CRITERIA, channel_scores, kept_channels, refill, refill_layers_report
 from pruner.regroup import find_blocks, regroup_layer, regroup_mask
 from pruner.slim import slim
-from utils.datasets import load_dataset
 from utils.errors import UserError
 from utils.onnx_export import export_onnx
 from utils.structured_bench import trained_looking
@@ -22,12 +22,7 @@ EXPORT_ARCHS = ["res18", "res20s", "vgg16_bn", "wrn32", "mobilenet"]
 
 @pytest.fixture(scope="module")
 def ticket():
-    torch.manual_seed(0)
-    model = build_model("res20s", 10, 1, (0.3,), (0.2,))
-    mask = global_magnitude_prune(model, 0.7)
-    apply_mask(model, mask)
-    data = load_dataset("digits", "")
-    return model, mask, (data.train.tensors[0][:32], data.train.tensors[1][:32])
+    return digits_res20s_ticket(0.7)
 
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))

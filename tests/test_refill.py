@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import main_eval_fillback
-from conftest import run_script, run_seed_retrain
+from conftest import digits_res20s_ticket, run_script, run_seed_retrain
 from models import build_model, model_names
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
@@ -42,13 +42,7 @@ def test_ties_keep_lower_channel_indices():
 
 @pytest.fixture(scope="module")
 def ticket():
-    torch.manual_seed(0)
-    model = build_model("res20s", 10, 1, (0.3,), (0.2,))
-    mask = global_magnitude_prune(model, 0.5)
-    apply_mask(model, mask)
-    data = load_dataset("digits", "")
-    batch = (data.train.tensors[0][:32], data.train.tensors[1][:32])
-    return model, mask, batch
+    return digits_res20s_ticket(0.5)
 
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))

@@ -17,6 +17,7 @@ naming the global. `trust=True` (the scripts' `--trust_checkpoint`) loads it
 with full unpickling, after a one-line warning.
 """
 import argparse
+import contextlib
 import os
 import pickle
 import re
@@ -54,6 +55,25 @@ def add_trust_flag(parser):
                              "(runs code from the file: only for files you trust)")
 
 
+@contextlib.contextmanager
+def staged_file(path, suffix):
+    """A temporary path beside `path` to write and check a file at; renamed
+    to `path` when the block ends without an exception, removed either way,
+    so `path` holds the old file or a checked new one, never a broken one."""
+    directory = os.path.dirname(os.path.abspath(path))
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+        os.close(fd)
+    except OSError as err:
+        raise UserError(f"cannot write '{path}': {err.strerror}") from None
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def export_program(module, example, path, check):
     """torch.export `module` (eval mode) with a dynamic batch dimension and
     save it to `path` (a .pt2 file: loads with torch.export.load, without our
@@ -66,19 +86,9 @@ def export_program(module, example, path, check):
     except Exception as err:  # torch.export reports unsupported code with many types
         raise UserError(f"torch.export could not trace the model ({type(err).__name__}: "
                         f"{str(err).strip().splitlines()[0]})") from None
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt2", dir=directory)
-        os.close(fd)
-    except OSError as err:
-        raise UserError(f"cannot write '{path}': {err.strerror}") from None
-    try:
+    with staged_file(path, ".pt2") as tmp:
         torch.export.save(program, tmp)
         check(torch.export.load(tmp).module())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def load_file(path, what="checkpoint", trust=False):

@@ -11,10 +11,10 @@ nothing at the target changes.
 import contextlib
 import io
 import os
-import tempfile
 
 import torch
 
+from utils.checkpoint import staged_file
 from utils.errors import UserError
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
@@ -53,13 +53,7 @@ def export_onnx(model, inputs, path, tolerance=1e-4):
     Returns the largest |ONNX Runtime - PyTorch| over them."""
     onnx, _ = onnx_modules()
     model = model.eval()
-    directory = os.path.dirname(os.path.abspath(path))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".onnx", dir=directory)
-        os.close(fd)
-    except OSError as err:
-        raise UserError(f"cannot write '{path}': {err.strerror}") from None
-    try:
+    with staged_file(path, ".onnx") as tmp:
         batch = getattr(torch.export.Dim, "DYNAMIC", None) or torch.export.Dim("batch")
         try:
             with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps
@@ -83,8 +77,4 @@ def export_onnx(model, inputs, path, tolerance=1e-4):
         if not error < tolerance:
             raise UserError(f"ONNX Runtime's outputs differ from PyTorch's by {error:.2e} (limit {tolerance:.0e}); "
                             "not exported")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return error
