@@ -10,7 +10,7 @@ from models.regrouped import GroupedBlockConv, RegroupedConv2d, regroup_model
 from pruner.grouped import channel_blocks, grouped_model
 from pruner.magnitude import global_magnitude_prune
 from pruner.masking import apply_mask
-from pruner.refill import CRITERIA, channel_scores, kept_channels, refill, refill_layers_report
+from pruner.refill import kept_channels, refill
 from pruner.regroup import find_blocks, regroup_layer, regroup_mask
 from pruner.slim import slim
 from utils.errors import UserError
@@ -23,27 +23,6 @@ EXPORT_ARCHS = ["res18", "res20s", "vgg16_bn", "wrn32", "mobilenet"]
 @pytest.fixture(scope="module")
 def ticket():
     return digits_res20s_ticket(0.7)
-
-
-@pytest.mark.parametrize("criterion", sorted(CRITERIA))
-@pytest.mark.parametrize("rate", [0.0, 0.3])
-def test_rounded_refill_keeps_a_multiple_of_n_best_channels(ticket, criterion, rate):
-    model, mask, batch = ticket
-    plain = refill(model, mask, criterion, rate, batch)
-    rounded = refill(model, mask, criterion, rate, batch, round_to=8)
-    scores = channel_scores(model, mask, criterion, batch)
-    report = refill_layers_report(mask, rounded, rate, 8)
-    for name, m in mask.items():
-        rows = rounded[name].flatten(1).amax(1) > 0
-        k, c_out = int(rows.sum()), m.shape[0]
-        assert k == min(c_out, -(-kept_channels(m, rate) // 8) * 8), name
-        assert k % 8 == 0 or k == c_out, name
-        assert torch.all(rounded[name] >= plain[name]), name  # the unrounded channels stay, more are added
-        if (~rows).any():  # every kept channel scores at least as high as every removed one
-            assert scores[name][rows].min() >= scores[name][~rows].max(), name
-        info = report[name]
-        assert info["kept_channels"] == k and info["kept_channels_unrounded"] == kept_channels(m, rate)
-        assert info["weights_added_by_rounding"] == int((rounded[name] - plain[name]).sum())
 
 
 def test_round_to_one_is_the_papers_k_and_bad_values_are_refused(ticket):

@@ -14,7 +14,7 @@ from models import build_model, model_names
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
 from pruner.masking import apply_mask
-from pruner.refill import CRITERIA, channel_scores, is_channel_wise, kept_channels, refill
+from pruner.refill import CRITERIA, channel_scores, is_channel_wise, kept_channels, refill, refill_layers_report
 from pruner.slim import slim
 from utils.checkpoint import load_file
 from utils.datasets import load_dataset
@@ -47,16 +47,27 @@ def ticket():
 
 @pytest.mark.parametrize("criterion", sorted(CRITERIA))
 @pytest.mark.parametrize("rate", [0.0, 0.3])
-def test_refill_is_channel_wise_with_exactly_k_best_channels(ticket, criterion, rate):
+@pytest.mark.parametrize("round_to", [1, 8])
+def test_refill_is_channel_wise_with_exactly_k_best_channels(ticket, criterion, rate, round_to):
+    """k channels (rounded up to a multiple of round_to, at most c_out), the
+    best-scoring ones: the unrounded ticket's channels and then the next by score."""
     model, mask, batch = ticket
-    new_mask = refill(model, mask, criterion, rate, batch)
+    new_mask = refill(model, mask, criterion, rate, batch, round_to)
+    plain = refill(model, mask, criterion, rate, batch)
     scores = channel_scores(model, mask, criterion, batch)
+    report = refill_layers_report(mask, new_mask, rate, round_to)
     for name, m in mask.items():
         new = new_mask[name]
         assert is_channel_wise(new), name
         rows = new.flatten(1).amax(1) > 0
-        assert int(rows.sum()) == kept_channels(m, rate), name
+        k, c_out = int(rows.sum()), m.shape[0]
+        assert k == min(c_out, -(-kept_channels(m, rate) // round_to) * round_to) == kept_channels(m, rate, round_to)
+        assert k % round_to == 0 or k == c_out, name
+        assert torch.all(new >= plain[name]), name  # rounding only adds channels
         assert scores[name][rows].min() >= scores[name][~rows].max() if (~rows).any() else True
+        info = report[name]
+        assert info["kept_channels"] == k and info["kept_channels_unrounded"] == kept_channels(m, rate)
+        assert info["weights_added_by_rounding"] == int((new - plain[name]).sum())
 
 
 def test_refill_plus_keeps_more_channels(ticket):
