@@ -10,7 +10,6 @@ nothing at the target changes.
 """
 import contextlib
 import io
-import os
 
 import torch
 
@@ -38,13 +37,6 @@ def ort_session(path, providers=("CPUExecutionProvider",), threads=None):
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.log_severity_level = 3  # warnings about unused initializers are not the user's business
     return ort.InferenceSession(path, options, providers=list(providers))
-
-
-def check_path_writable(path, flag="--export_onnx"):
-    """UserError unless `path`'s folder exists and can be written."""
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
-        raise UserError(f"{flag} '{path}': its folder does not exist or cannot be written")
 
 
 def export_onnx(model, inputs, path, tolerance=1e-4):
