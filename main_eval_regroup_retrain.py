@@ -12,7 +12,7 @@ import os
 import torch
 
 from pruner.grouped import grouped_model
-from pruner.regroup import check_regroup_args, regroup_mask, report
+from pruner.regroup import check_regroup_args, layer_summary, regroup_mask, report
 from utils.arguments import add_regroup_args, add_round_to, parser_for
 from utils.errors import UserError, run_cli
 from utils.flops import model_flops
@@ -32,11 +32,7 @@ def regroup_layers(model, mask, data, args):
     new_mask, infos = regroup_mask(mask, args.t1, args.cn, args.nn, args.b2, args.seed, args.partitioner,
                                    args.regroup_unit, args.round_to)
     print(report(infos))
-    layers = {name: {"blocks": [[r.tolist(), c.tolist()] for r, c in info.blocks], "kept_mask": info.kept_mask,
-                     "density_before": info.density_before, "density_after": info.density_after,
-                     "nonzeros_kept": info.nonzeros_kept, "seconds": info.seconds}
-              for name, info in infos.items()}
-    return new_mask, layers
+    return new_mask, {name: layer_summary(info) for name, info in infos.items()}
 
 
 def export_regrouped(args):
@@ -44,9 +40,9 @@ def export_regrouped(args):
     gathers and grouped convolutions, every other layer as its masked dense
     convolution."""
     model, images, saved = exported_ticket(args)
-    unit, parts = (saved.get("regroup_unit", args.regroup_unit), saved.get("cn", args.cn)) if args.evaluate else \
-        (args.regroup_unit, args.cn)  # --evaluate: how the checkpoint's run regrouped
-    exported, forms = grouped_model(model, unit, parts)
+    how = saved if args.evaluate else {}  # --evaluate: how the checkpoint's run regrouped
+    unit, parts, b2 = (how.get(key, getattr(args, key)) for key in ("regroup_unit", "cn", "b2"))
+    exported, forms = grouped_model(model, unit, parts, b2)
     with torch.no_grad():
         diff = (exported(images) - model(images)).abs().max().item()
     if diff > 1e-4:

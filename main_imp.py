@@ -10,7 +10,7 @@ import sys
 
 from pruner.magnitude import global_magnitude_prune
 from pruner.refill import check_refill_args, criterion_names, format_refill_report, refill, refill_layers_report
-from pruner.regroup import check_regroup_args, regroup_mask, report
+from pruner.regroup import check_regroup_args, layer_summary, regroup_mask, report
 from pruner.masking import apply_mask, check_compatible, current_mask, effective_weights, load_plain_weights, load_weights
 from utils.arguments import (add_general, add_regroup_args, add_round_to, add_ticket, add_training, checkpoint_bytes, finish,
                              parser_for, prepare_save_dir)
@@ -89,21 +89,24 @@ def initial_weights(model, args, write=True):
 def next_mask(model, data, args):
     """Prune the trained model by global magnitude, then post-process the
     mask (IMP-Refill / IMP-Regroup) before rewinding. Returns the mask and the
-    per-layer refill report (None without --fillback)."""
+    per-layer reports for summary.json ({"next_refill": ..., "next_regroup": ...},
+    empty for plain IMP)."""
     mask = global_magnitude_prune(model, args.rate, args.conv1)
-    layers = None
+    reports = {}
     if args.fillback:
         apply_mask(model, mask)  # activation criteria see the pruned network
         batch = training_batch(data, args) if args.criteria in ("l1", "l2", "saliency") else None
         refilled = refill(model, mask, args.criteria, args.fillback_rate, batch, args.round_to)
-        layers = refill_layers_report(mask, refilled, args.fillback_rate, args.round_to)
-        print(f"refill ({args.criteria}, rate {args.fillback_rate}, round_to {args.round_to}):\n{format_refill_report(layers)}")
+        reports["next_refill"] = refill_layers_report(mask, refilled, args.fillback_rate, args.round_to)
+        print(f"refill ({args.criteria}, rate {args.fillback_rate}, round_to {args.round_to}):\n"
+              f"{format_refill_report(reports['next_refill'])}")
         mask = refilled
     if args.regroup:
         mask, infos = regroup_mask(mask, args.t1, args.cn, args.nn, args.b2, args.seed, args.partitioner,
                                    args.regroup_unit, args.round_to)
         print(report(infos))
-    return mask, layers
+        reports["next_regroup"] = {name: layer_summary(info) for name, info in infos.items()}
+    return mask, reports
 
 
 def main(args):
@@ -155,9 +158,9 @@ def main(args):
             write_summary(args.save_dir, summary)
             plot_states(args.save_dir, history, f"IMP {args.arch} on {args.dataset}")
         if state + 1 < args.pruning_times:
-            new_mask, refill_layers = next_mask(model, data, args) if is_main else (current_mask(model, args.conv1), None)
-            if refill_layers is not None and is_main:  # kept with this state's record (checkpoints carry the history)
-                record["next_refill"] = refill_layers
+            new_mask, reports = next_mask(model, data, args) if is_main else (current_mask(model, args.conv1), {})
+            if reports and is_main:  # kept with this state's record (checkpoints carry the history)
+                record.update(reports)
                 write_summary(args.save_dir, summary)
             if dist_ctx is not None:  # computed once, on rank 0; every rank takes that mask
                 new_mask = dist_ctx.broadcast_mask(new_mask)

@@ -17,6 +17,7 @@ import torch  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.refill import kept_channels  # noqa: E402
 from pruner.regroup import regroup_layer  # noqa: E402
+from utils.arguments import add_parts_flag  # noqa: E402
 from utils.checkpoint import add_trust_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
@@ -28,7 +29,7 @@ def get_args_parser():
     p.add_argument("--layer", default=None, help="layer name (default: the masked layer with the most rows)")
     p.add_argument("--fillback_rate", type=float, default=0.0)
     p.add_argument("--t1", type=float, default=1.5)
-    p.add_argument("--cn", type=int, default=8)
+    add_parts_flag(p)
     p.add_argument("--nn", type=int, default=32)
     p.add_argument("--b2", type=int, default=16)
     p.add_argument("--regroup_unit", default="weight", choices=["weight", "channel"])

@@ -33,7 +33,8 @@ from models import build_model, model_names  # noqa: E402
 from models.regrouped import regroup_model  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
-from pruner.regroup import UNITS, LayerRegroup  # noqa: E402
+from pruner.regroup import UNITS, LayerRegroup, parts_for  # noqa: E402
+from utils.arguments import add_parts_flag  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.checkpoint import add_trust_flag, best_path, checkpoint_path, latest_checkpoint, load_file, state_dict_of  # noqa: E402
 from utils.datasets import dataset_names, load_dataset  # noqa: E402
@@ -88,7 +89,7 @@ def get_args_parser():
     p.add_argument("--b2", type=int, default=4,
                    help="regroup: a part becomes a block only with more than b2 rows (4 lets res20s's 64-channel "
                         "layers form blocks; the scripts' 16 suits wider networks)")
-    p.add_argument("--cn", type=int, default=8, help="regroup: parts per layer")
+    add_parts_flag(p)
     p.add_argument("--regroup_unit", default="weight", choices=UNITS, help="regroup column: one weight or one channel")
     p.add_argument("--bench_batch", type=int, default=128, help="images per timed forward pass")
     p.add_argument("--bench_repeats", type=int, default=None,
@@ -216,10 +217,10 @@ def ticket_model(path, args, spec):
     return model.eval()
 
 
-def blocks_from_mask(layer_mask, unit, max_blocks):
+def blocks_from_mask(layer_mask, unit, cn, b2):
     """A regrouped layer's blocks, read back from its mask: regroup gives all
     rows of a part the same columns, so rows with one nonzero pattern form one
-    dense block. More patterns than parts means regroup kept the mask."""
+    dense block. More patterns than regroup makes parts means it kept the mask."""
     c_out = layer_mask.shape[0]
     if unit == "channel":
         grid = layer_mask.reshape(c_out, layer_mask.shape[1], -1).amax(2)
@@ -230,7 +231,8 @@ def blocks_from_mask(layer_mask, unit, max_blocks):
     patterns, row_pattern = torch.unique(grid != 0, dim=0, return_inverse=True)
     blocks = [(torch.nonzero(row_pattern == p).flatten(), torch.nonzero(patterns[p]).flatten())
               for p in range(len(patterns)) if patterns[p].any()]
-    return LayerRegroup(kept_mask=True) if len(blocks) > max_blocks else LayerRegroup(blocks=blocks)
+    live_rows = int((grid != 0).any(1).sum())
+    return LayerRegroup(kept_mask=True) if len(blocks) > parts_for(live_rows, cn, b2) else LayerRegroup(blocks=blocks)
 
 
 @torch.no_grad()
@@ -245,7 +247,7 @@ def structured_model(masked, path, structure, args, x):
     if structure == "channel":
         model, how = slim(masked), "slimmed"
     else:
-        infos = {name: blocks_from_mask(m, args.regroup_unit, args.cn) for name, m in mask.items()}
+        infos = {name: blocks_from_mask(m, args.regroup_unit, args.cn, args.b2) for name, m in mask.items()}
         # As profile/end_to_end.py does: on the CPU a layer keeps its dense convolution where blocks time slower.
         model, choice = regroup_model(copy.deepcopy(masked), infos, args.regroup_unit,
                                       x if x.device.type == "cpu" else None, repeats=args.bench_repeats)

@@ -30,6 +30,7 @@ from models.regrouped import regroup_model  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
+from utils.arguments import add_parts_flag  # noqa: E402
 from utils.checkpoint import add_trust_flag, load_file, plain_weights, state_dict_of  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
@@ -49,7 +50,7 @@ def get_args_parser():
     p.add_argument("--batch_size", type=int, nargs="+", default=[64], help="one or several batch sizes")
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default: 50 on a GPU, 10 on the CPU)")
     p.add_argument("--t1", type=float, default=1.5)
-    p.add_argument("--cn", type=int, default=8)
+    add_parts_flag(p)
     p.add_argument("--nn", type=int, default=32)
     p.add_argument("--b2", type=int, default=16)
     p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"])

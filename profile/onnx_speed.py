@@ -35,6 +35,7 @@ from pruner.masking import apply_mask  # noqa: E402
 from pruner.refill import refill  # noqa: E402
 from pruner.regroup import regroup_mask  # noqa: E402
 from pruner.slim import slim  # noqa: E402
+from utils.arguments import add_parts_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
 from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
@@ -52,7 +53,7 @@ def get_args_parser():
     p.add_argument("--round_to", type=int, default=16, metavar="N", help="channel multiple of the rounded slim ticket")
     p.add_argument("--batch_size", type=int, nargs="+", default=[1, 64])
     p.add_argument("--repeats", type=int, default=15, help="timed runs per model and runtime (medians)")
-    p.add_argument("--cn", type=int, default=8, help="regroup: parts per layer")
+    add_parts_flag(p)
     p.add_argument("--b2", type=int, default=16, help="regroup: a part becomes a block with more than b2 rows")
     p.add_argument("--nn", type=int, default=32, help="regroup: row tile")
     p.add_argument("--t1", type=float, default=1.5, help="regroup: column threshold")
@@ -76,7 +77,7 @@ def variants(dense, args, sparsity):
     model, mask = masked_copy()
     new_mask, _ = regroup_mask(mask, args.t1, args.cn, args.nn, args.b2, unit="channel")
     apply_mask(model, new_mask)
-    out["regrouped"] = grouped_model(model, "channel", args.cn)[0]
+    out["regrouped"] = grouped_model(model, "channel", args.cn, args.b2)[0]
     return out
 
 

@@ -22,7 +22,8 @@ import torch  # noqa: E402
 
 from pruner.mask import Mask  # noqa: E402
 from pruner.partition import connectivity, partition_rows  # noqa: E402
-from pruner.regroup import regroup_mask, report  # noqa: E402
+from pruner.regroup import parts_for, regroup_mask, report  # noqa: E402
+from utils.arguments import add_parts_flag  # noqa: E402
 from utils.checkpoint import add_trust_flag  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
@@ -34,7 +35,7 @@ def get_args_parser():
     p.add_argument("checkpoint", help="checkpoint with masks (e.g. main_imp.py's {i}checkpoint.pth.tar)")
     add_trust_flag(p)
     p.add_argument("--t1", type=float, default=1.5)
-    p.add_argument("--cn", type=int, default=8)
+    add_parts_flag(p)
     p.add_argument("--nn", type=int, default=32)
     p.add_argument("--b2", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
@@ -72,8 +73,9 @@ def main(args):
         row = {}
         for partitioner in totals:
             t = time.perf_counter()
-            parts = partition_rows(grid, min(args.cn, max(1, grid.shape[0])), 0.1, args.seed, partitioner)
-            row[partitioner] = (connectivity(grid, parts, args.cn), time.perf_counter() - t)
+            k = parts_for(grid.shape[0], args.cn, args.b2)
+            parts = partition_rows(grid, k, 0.1, args.seed, partitioner)
+            row[partitioner] = (connectivity(grid, parts, k), time.perf_counter() - t)
             totals[partitioner] += row[partitioner][0]
         ratio = row["greedy"][0] / max(1, row["mtkahypar"][0])
         print(f"  {name:<24} {str(grid.shape[0]) + 'x' + str(grid.shape[1]):>12} {row['greedy'][0]:>8} "

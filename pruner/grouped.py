@@ -19,12 +19,14 @@ from torch import nn
 
 from models.regrouped import GroupedBlockConv, RegroupedConv2d
 from pruner.masking import refresh_masked_weights, strip_masks
+from pruner.regroup import parts_for
 
 
-def channel_blocks(layer_mask, max_groups):
+def channel_blocks(layer_mask, cn=8, b2=16):
     """[(rows, input channels)] of a mask [c_out, c_in, kh, kw] that is a
-    union of whole-input-channel blocks with at most `max_groups` distinct
-    input-channel sets, else None."""
+    union of whole-input-channel blocks with at most as many distinct
+    input-channel sets as regroup makes parts (`cn`, 'auto' too), else None
+    (an unstructured 1x1 mask is whole channels too, but has far more sets)."""
     c_out, c_in = layer_mask.shape[:2]
     taps = layer_mask.reshape(c_out, c_in, -1) != 0
     grid = taps.any(2)
@@ -34,12 +36,12 @@ def channel_blocks(layer_mask, max_groups):
     if len(live) == 0:
         return None
     patterns, group_of = torch.unique(grid[live], dim=0, return_inverse=True)
-    if len(patterns) > max_groups:
+    if len(patterns) > parts_for(len(live), cn, b2):
         return None
     return [(live[group_of == g], torch.nonzero(patterns[g]).flatten()) for g in range(len(patterns))]
 
 
-def grouped_model(model, unit="channel", max_groups=8):
+def grouped_model(model, unit="channel", cn=8, b2=16):
     """A copy of a masked (regrouped) model in eval mode on the CPU, masks made
     permanent, with every channel-unit block layer as a GroupedBlockConv
     (RegroupedConv2d layers too: channel unit grouped, weight unit dense).
@@ -60,7 +62,7 @@ def grouped_model(model, unit="channel", max_groups=8):
             setattr(model.get_submodule(parent_name) if parent_name else model, attr, replacement)
     for name, mask in masks.items():
         conv = model.get_submodule(name)
-        blocks = channel_blocks(mask, max_groups) if unit == "channel" and conv.groups == 1 else None
+        blocks = channel_blocks(mask, cn, b2) if unit == "channel" and conv.groups == 1 else None
         if blocks is None:
             forms[name] = "masked dense convolution"
             continue

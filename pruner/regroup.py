@@ -3,6 +3,9 @@
 For one layer's 2-D mask [c_out, c_in*kh*kw] (DESIGN.md §5):
 1. keep the rows and columns that hold any nonzero;
 2. partition the rows into `cn` parts on the column hypergraph (pruner.partition);
+   cn='auto' picks the parts per layer from its live rows (`parts_for`: one
+   part per 2 x b2 rows; a layer of one part is one block whatever b2), so
+   large and small layers alike get blocks;
 3. in each part, order columns by their nonzero count inside the part
    (descending, ties by index) and take the first i columns for the smallest
    i at which every row r of the part has i > t1 * (r's nonzeros outside
@@ -34,12 +37,37 @@ from pruner.refill import check_round_to, round_up
 from utils.errors import UserError
 
 UNITS = ("weight", "channel")
+AUTO_PARTS = "auto"
+
+
+def parse_parts(value):
+    """--cn's value: a whole number, or 'auto'; anything else is returned as
+    given for check_regroup_args to refuse in one line."""
+    text = str(value).strip()
+    if text.lower() == AUTO_PARTS:
+        return AUTO_PARTS
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def parts_for(rows, cn, b2):
+    """Parts of a layer's row partition: `cn`, or with cn='auto' one part per
+    2 x b2 live rows, rounded (b2 taken as at least 8), so parts, balanced to
+    within 10%, stay clear of the b2 threshold; a layer of fewer than 3 x b2
+    live rows is one part, which find_blocks makes a block whatever b2. Never more
+    parts than rows."""
+    if cn == AUTO_PARTS:
+        cn = max(1, int(rows / (2 * max(b2, 8)) + 0.5))
+    return max(1, min(cn, rows))
 
 
 @dataclass
 class LayerRegroup:
     """What regrouping one layer produced; blocks index the 2-D mask."""
     blocks: list = field(default_factory=list)  # [(rows LongTensor, cols LongTensor)]
+    parts: int = 0  # parts of the row partition (cn, or parts_for's choice for 'auto')
     kept_mask: bool = False  # True: no block was found, the mask is unchanged
     density_before: float = 0.0
     density_after: float = 0.0
@@ -50,8 +78,8 @@ class LayerRegroup:
 def check_regroup_args(t1, cn, nn, b2, unit="weight", round_to=1):
     if not t1 > 0:
         raise UserError(f"t1 must be positive, got {t1}")
-    if cn < 1:
-        raise UserError(f"cn (number of parts) must be at least 1, got {cn}")
+    if cn != AUTO_PARTS and (not isinstance(cn, int) or isinstance(cn, bool) or cn < 1):
+        raise UserError(f"cn (parts per layer) must be a whole number >= 1 or '{AUTO_PARTS}', got '{cn}'")
     if nn < 1:
         raise UserError(f"nn (row tile) must be at least 1, got {nn}")
     if b2 < 0:
@@ -95,11 +123,13 @@ def find_blocks(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy", 
     if len(row_ids) == 0:
         return []
     sub = m[row_ids][:, col_ids]
-    parts = partition_rows(sub, min(cn, len(row_ids)), 0.1, seed, partitioner)
+    k = parts_for(len(row_ids), cn, b2)
+    parts = partition_rows(sub, k, 0.1, seed, partitioner)
+    smallest = 1 if cn == AUTO_PARTS and k == 1 else b2 + 1  # 'auto': a layer of one part is its own block
     blocks = []
     for p in range(int(parts.max()) + 1):
         members = np.flatnonzero(parts == p)
-        if len(members) <= b2:
+        if len(members) < smallest:
             continue
         cols = col_ids[part_columns(sub[members].astype(np.int32), t1, round_to)]
         if len(cols) % round_to:  # fewer nonzero columns than the multiple: add empty ones, lowest index first
@@ -141,7 +171,8 @@ def regroup_layer(layer_mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="g
     else:
         grid = layer_mask.reshape(c_out, -1)
     blocks = find_blocks(grid, t1, cn, nn, b2, seed, partitioner, round_to)
-    info = LayerRegroup(blocks=blocks, density_before=float(layer_mask.count_nonzero()) / layer_mask.numel())
+    info = LayerRegroup(blocks=blocks, density_before=float(layer_mask.count_nonzero()) / layer_mask.numel(),
+                        parts=parts_for(int((grid != 0).any(1).sum()), cn, b2))
     if not blocks:
         new = layer_mask.clone()
         info.kept_mask = True
@@ -166,13 +197,20 @@ def regroup_mask(mask, t1=1.5, cn=8, nn=32, b2=16, seed=0, partitioner="greedy",
     return new_mask, infos
 
 
+def layer_summary(info):
+    """What summary.json records of one regrouped layer."""
+    return {"parts": info.parts, "blocks": [[r.tolist(), c.tolist()] for r, c in info.blocks],
+            "kept_mask": info.kept_mask, "density_before": info.density_before,
+            "density_after": info.density_after, "nonzeros_kept": info.nonzeros_kept, "seconds": info.seconds}
+
+
 def report(infos):
-    """Per-layer lines: blocks, density before/after, share of nonzeros kept, time."""
+    """Per-layer lines: parts, blocks, density before/after, share of nonzeros kept, time."""
     width = max((len(n) for n in infos), default=5)
     lines = []
     for name, info in infos.items():
         what = "no block: mask kept" if info.kept_mask else f"{len(info.blocks):3d} blocks"
-        lines.append(f"  {name:<{width}}  {what:<20} density {100 * info.density_before:6.2f}% -> "
+        lines.append(f"  {name:<{width}}  {info.parts:3d} parts  {what:<20} density {100 * info.density_before:6.2f}% -> "
                      f"{100 * info.density_after:6.2f}% | nonzeros kept {100 * info.nonzeros_kept:6.2f}% | "
                      f"{1e3 * info.seconds:7.1f} ms")
     return "\n".join(lines)

@@ -69,7 +69,7 @@ def test_blocks_recovered_from_a_channel_regrouped_mask_are_the_regroup_blocks()
     model, infos = regrouped_ticket("res20s")
     for name, info in infos.items():
         mask = model.get_submodule(name).weight_mask
-        found = channel_blocks(mask, max_groups=4)
+        found = channel_blocks(mask, cn=4)
         if info.kept_mask:
             continue
         merged = {}

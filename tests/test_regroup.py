@@ -10,7 +10,9 @@ import torch
 import main_eval_regroup_retrain
 from conftest import run_script, run_seed_retrain
 from pruner.partition import connectivity, greedy_partition, max_part_size, mtkahypar_partition
-from pruner.regroup import blocks_to_mask, find_blocks, regroup, regroup_layer
+from models import build_model
+from pruner.magnitude import global_magnitude_prune
+from pruner.regroup import UNITS, blocks_to_mask, find_blocks, parse_parts, parts_for, regroup, regroup_layer, regroup_mask
 from utils.checkpoint import load_file
 from utils.errors import UserError
 
@@ -118,6 +120,28 @@ def test_bad_input(bad, message):
         regroup(kwargs.pop("mask"), **kwargs)
 
 
+@pytest.mark.parametrize("arch", ["res18", "res20s"])
+@pytest.mark.parametrize("unit", UNITS)
+def test_auto_parts_give_every_layer_blocks(arch, unit):
+    torch.manual_seed(0)
+    mask = global_magnitude_prune(build_model(arch, 10, 3), 0.9)
+    _, fixed = regroup_mask(mask, unit=unit)  # the paper's cn 8, b2 16: small layers get no block
+    assert any(info.kept_mask for info in fixed.values())
+    new_mask, infos = regroup_mask(mask, cn="auto", unit=unit)
+    for name, info in infos.items():
+        rows = int(mask[name].flatten(1).any(1).sum())
+        assert info.parts == max(1, int(rows / 32 + 0.5)) and info.blocks and not info.kept_mask, name
+        new = new_mask[name]
+        grid = new.flatten(2).amax(2) if unit == "channel" else new.flatten(1)
+        assert torch.equal(grid, blocks_to_mask(info.blocks, grid.shape)), name  # the union of its blocks
+
+
+def test_auto_parts_rule():
+    assert [parts_for(rows, "auto", 16) for rows in (1, 16, 47, 48, 64, 512)] == [1, 1, 1, 2, 2, 16]
+    assert [parts_for(rows, 8, 16) for rows in (3, 64)] == [3, 8]
+    assert parse_parts("Auto") == "auto" and parse_parts("12") == 12 and parse_parts("x") == "x"
+
+
 def test_greedy_respects_balance_and_beats_random():
     rng = np.random.default_rng(0)
     mask = rng.random((256, 1152)) < 0.05
@@ -171,6 +195,8 @@ def test_imp_regroup(tmp_path):
     channels = torch.cat([(t > 0).sum(1) for t in taps])  # input channels per output channel = its block's
     assert torch.all((channels == 0) | (channels % 4 == 0) | (channels == taps[0].shape[1]))
     assert "no block: mask kept" in proc.stdout
+    next_regroup = json.loads((save / "summary.json").read_text())["states"][0]["next_regroup"]
+    assert next_regroup["layer3.0.conv1"]["parts"] == 8 and next_regroup["layer3.0.conv1"]["blocks"]
     # The ticket exports as ONNX (how it was regrouped comes from the checkpoint's arguments).
     export = run_script("main_eval_regroup_retrain.py", "--evaluate", "--checkpoint", save / "1checkpoint.pth.tar",
                         "--export_onnx", tmp_path / "regrouped.onnx", "--save_dir", tmp_path / "eval")
@@ -180,7 +206,8 @@ def test_imp_regroup(tmp_path):
 
 
 def test_script_bad_input(tmp_path, cli_error):
-    for argv, expected in ((["--cn", "0"], "cn (number of parts) must be at least 1"),
+    for argv, expected in ((["--cn", "0"], "cn (parts per layer) must be a whole number >= 1 or 'auto', got '0'"),
+                           (["--cn", "abc"], "cn (parts per layer) must be a whole number >= 1 or 'auto', got 'abc'"),
                            (["--t1", "0"], "t1 must be positive"),
                            (["--round_to", "0", "--regroup_unit", "channel"], "--round_to must be a positive whole"),
                            (["--round_to", "8"], "--round_to 8 rounds whole input channels: use it with --regroup_unit channel"),

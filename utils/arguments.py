@@ -12,7 +12,7 @@ import shutil
 from models import model_names
 from utils.checkpoint import add_trust_flag
 from pruner.partition import PARTITIONERS
-from pruner.regroup import UNITS
+from pruner.regroup import UNITS, parse_parts
 from utils.datasets import dataset_names
 from utils.errors import UserError
 
@@ -63,11 +63,18 @@ def add_round_to(group):
                             "blocks of 16, tensor cores in 8; 1 = the paper's k")
 
 
+def add_parts_flag(group, default=8):
+    """--cn: a whole number of parts per layer, or 'auto' (pruner.regroup.parts_for)."""
+    group.add_argument("--cn", type=parse_parts, default=default, metavar="N|auto",
+                       help="parts of each layer's row partition (blocks per layer, at most); 'auto': one part per "
+                            "2 x b2 rows holding weights, so every layer that large gets blocks")
+
+
 def add_regroup_args(parser):
     """The regroup knobs (shared with main_imp.py's IMP-Regroup)."""
     g = parser.add_argument_group("regroup")
     g.add_argument("--t1", type=float, default=1.5, help="a block row must hold > t1 x its nonzeros left outside")
-    g.add_argument("--cn", type=int, default=8, help="parts of the row partition (blocks per layer, at most)")
+    add_parts_flag(g)
     g.add_argument("--nn", type=int, default=32, help="row tile of the kernel: blocks split into a multiple of nn + rest")
     g.add_argument("--b2", type=int, default=16, help="a part becomes a block only with more than b2 rows")
     g.add_argument("--regroup_unit", default="weight", choices=UNITS,

@@ -27,6 +27,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from models.regrouped import RegroupedConv2d  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_layer  # noqa: E402
+from utils.arguments import add_parts_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.gpu_bench import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
 from utils.layer_bench import add_shape_args, environment_line, load_layer, alternating_medians  # noqa: E402
@@ -42,7 +43,7 @@ def get_args_parser():
                    help="compile the CUDA kernel and exit (works without a GPU)")
     g = p.add_argument_group("regroup")
     g.add_argument("--t1", type=float, default=1.5)
-    g.add_argument("--cn", type=int, default=8)
+    add_parts_flag(g)
     g.add_argument("--nn", type=int, default=32)
     g.add_argument("--b2", type=int, default=16)
     g.add_argument("--regroup_unit", default="weight", choices=["weight", "channel"])
