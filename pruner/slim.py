@@ -36,7 +36,7 @@ from models.vgg import VGG
 from pruner.masking import refresh_masked_weights, strip_masks
 from pruner.refill import is_channel_wise, kept_rows
 from utils.errors import UserError
-from utils.layout import is_channels_last, memory_format_of
+from utils.layout import index_add_channels, is_channels_last, memory_format_of
 
 
 class SlimConv(nn.Module):
@@ -124,17 +124,6 @@ def _bn_constant(bn, removed):
     return _bn_of_zero(bn)[removed].clamp(min=0)
 
 
-def _index_add_channels(out, index, y):
-    """out[:, index] += y in place; index_add_ over a [pixels, channels] view
-    when both are channels-last (4-D index_add_ there is ~6x slower)."""
-    if index is None:
-        return out.add_(y)
-    if is_channels_last(out) and is_channels_last(y):
-        out.permute(0, 2, 3, 1).reshape(-1, out.shape[1]).index_add_(1, index, y.permute(0, 2, 3, 1).reshape(-1, y.shape[1]))
-        return out
-    return out.index_add_(1, index, y)
-
-
 class SlimResidualBlock(nn.Module):
     """A ResNet block (basic or bottleneck, same attribute names) whose
     residual writers compute only their kept channels.
@@ -199,11 +188,11 @@ class SlimResidualBlock(nn.Module):
                 out.copy_(self.constants.expand_as(out))
             else:
                 out.zero_()
-            _index_add_channels(out, self.shortcut_index, s)
-        return _index_add_channels(out, self.last_index, y).relu_()
+            index_add_channels(out, self.shortcut_index, s)
+        return index_add_channels(out, self.last_index, y).relu_()
 
 
-def _chains(model):
+def conv_chains(model):
     """(parent, producer conv, its BN, consumer conv) attribute triples where
     the producer's output reaches only the consumer through BN -> ReLU (-> max-pool)."""
     chains = []
@@ -247,7 +236,7 @@ def slim(model, mask=None):
         return plans.setdefault(name, {"out_keep": keep, "in_keep": torch.arange(conv.weight.shape[1]),
                                        "in_gather": None, "const_in": None, "scatter": True})
 
-    for parent, prod, bn_name, cons in _chains(model):
+    for parent, prod, bn_name, cons in conv_chains(model):
         pname, cname = names[getattr(parent, prod)], names[getattr(parent, cons)]
         if pname not in masks:
             continue

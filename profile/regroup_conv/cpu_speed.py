@@ -1,33 +1,52 @@
-"""Benchmark: regrouped ResNet-18 layers on the CPU against the dense
-convolution, per layer and end to end, beside the FLOPs ratios.
+"""Benchmark: a regrouped ResNet-18 on the CPU against the dense model, per
+layer and end to end, beside the FLOPs ratio of what is executed, with the
+slimmed refill ticket of the same mask in the same run.
 
-    python profile/regroup_conv/cpu_speed.py --sparsity 0.93 0.96 --batch_size 64
+    python profile/regroup_conv/cpu_speed.py --cn auto [--compile] [--out cpu_speed.json]
 
 For each weight sparsity, one global magnitude step on the initial weights
-makes an unstructured ticket; `--regroup_unit channel` regroups it (blocks of
-output x input channels, computed as dense convolutions over gathered
-channels). Per layer and for the whole network, dense and regrouped run
-alternately after warm-up (median); outputs are checked against the masked
-reference. Sparsities are chosen so the regrouped masks keep about 30% and
-20% of the weights (printed as "kept").
+(BatchNorm statistics set as after training, seeded) makes an unstructured
+ticket. `--regroup_unit channel` regroups it (`--cn auto`: parts per layer
+from its rows, so every layer gets blocks; the paper's `--cn 8 --b2 16`
+leaves the 64- and 128-channel layers without). The deployed form is
+pruner.permuted.permuted_model: BatchNorm folded, one grouped convolution
+per layer, permutations folded into the next layer where the graph allows;
+a layer whose grouped form times slower than its dense convolution on its
+real input stays dense (the per-layer choice, timed here). Refill
+(magnitude, rate 0) of the same unstructured mask, slimmed, runs beside it.
+
+Like with like: the regrouped model is timed against the dense model with
+BatchNorm folded the same way; the slimmed model (it keeps its BatchNorms)
+against the plain dense model. All run in turn, after warm-up, channels-last
+by default, medians of --repeats; every model's outputs are checked against
+the masked model it implements first. Reported per run: the share of the
+dense FLOPs in layers with blocks and the executed FLOPs ratio (dense FLOPs
+/ FLOPs the deployed model runs, group padding and dense layers included).
 """
 import argparse
 import copy
+import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
-from models import build_model  # noqa: E402
-from models.regrouped import RegroupedConv2d, regroup_model  # noqa: E402
+from models import build_model, model_names  # noqa: E402
+from pruner.fold_bn import fold_batchnorm  # noqa: E402
 from pruner.magnitude import global_magnitude_prune  # noqa: E402
 from pruner.masking import apply_mask, refresh_masked_weights  # noqa: E402
-from pruner.regroup import regroup_mask  # noqa: E402
-from utils.flops import masked_flops, model_flops  # noqa: E402
-from utils.layer_bench import alternating_medians  # noqa: E402
+from pruner.permuted import permuted_model  # noqa: E402
+from pruner.refill import refill  # noqa: E402
+from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
+from pruner.slim import slim  # noqa: E402
+from utils.arguments import add_parts_flag  # noqa: E402
+from utils.errors import UserError, run_cli  # noqa: E402
+from utils.flops import conv_flops, model_flops  # noqa: E402
+from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
+from utils.report import write_json  # noqa: E402
+from utils.structured_bench import trained_looking  # noqa: E402
 
 
 def get_args_parser():
@@ -36,68 +55,130 @@ def get_args_parser():
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.93, 0.96])
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--image_size", type=int, default=32)
-    p.add_argument("--cn", type=int, default=8)
+    add_parts_flag(p)
     p.add_argument("--b2", type=int, default=16)
     p.add_argument("--t1", type=float, default=1.5)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--memory_format", choices=["channels_last", "contiguous"], default="channels_last",
-                   help="tensor layout for dense and regrouped alike (oneDNN is fastest with channels_last)")
+                   help="tensor layout for every model (oneDNN is fastest with channels_last)")
+    p.add_argument("--compile", action="store_true",
+                   help="also time torch.compile'd (inductor) dense, regrouped and slimmed models")
+    p.add_argument("--out", default=None, help="write the figures as JSON here")
     return p
 
 
 CPU = torch.device("cpu")  # this benchmark measures the CPU path
+TOLERANCE = 1e-4  # max abs difference from the masked model (fp32)
+
+
+def check_args(args):
+    check_regroup_args(args.t1, args.cn, 32, args.b2, "channel")
+    if args.arch not in model_names():
+        raise UserError(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
+    for sparsity in args.sparsity:
+        if not 0 < sparsity < 1:
+            raise UserError(f"--sparsity values must lie strictly between 0 and 1, got {sparsity}")
+    for name in ("batch_size", "image_size", "repeats"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+
+
+def masked_copy(model, mask):
+    model = copy.deepcopy(model)
+    apply_mask(model, mask)
+    refresh_masked_weights(model)
+    return model
+
+
+def checked(name, model, reference, x):
+    diff = (model(x) - reference(x)).abs().max().item()
+    if not diff < TOLERANCE:
+        raise UserError(f"{name} differs from the masked model it implements by {diff:.2e}")
+    return diff
+
+
+def tickets(base, sparsity, args, x):
+    """The models of one sparsity, each checked: {name: (model, max |diff|)},
+    the regrouped layers' report and the regroup infos."""
+    mask = global_magnitude_prune(copy.deepcopy(base), sparsity)
+    ticket = masked_copy(base, mask)
+    regrouped_mask, infos = regroup_mask(mask, args.t1, args.cn, 32, args.b2, 0, "greedy", "channel")
+    masked = masked_copy(base, regrouped_mask)
+    regrouped, layers, folded = permuted_model(masked, args.cn, args.b2, example_input=x, repeats=args.repeats)
+    refilled = masked_copy(base, refill(ticket, mask, "magnitude", 0.0))
+    slimmed = slim(refilled)
+    dense_folded = fold_batchnorm(copy.deepcopy(base))[0]
+    models = {"dense": (base, 0.0), "dense, BN folded": (dense_folded, checked("dense, BN folded", dense_folded, base, x)),
+              "regrouped": (regrouped, checked("regrouped", regrouped, masked, x)),
+              "slimmed refill": (slimmed, checked("slimmed refill", slimmed, refilled, x))}
+    return models, layers, infos, folded, regrouped_mask
+
+
+def flops_figures(base, regrouped, layers, shape):
+    one = (1,) + tuple(shape[1:])
+    per_layer = conv_flops(base, one)
+    with_blocks = sum(per_layer[n] for n, r in layers.items() if not r["form"].startswith("masked"))
+    executed = model_flops(regrouped, one)
+    dense = model_flops(base, one)
+    return {"dense_mflops": dense / 1e6, "executed_mflops": executed / 1e6, "executed_flops_ratio": dense / executed,
+            "share_in_layers_with_blocks": with_blocks / sum(per_layer.values())}
+
+
+def time_models(models, x, repeats, compiled=False):
+    calls = {}
+    for name, model in models.items():
+        if compiled:
+            model = torch.compile(model)
+            model(x)  # compile outside the timed rounds
+        calls[name] = (lambda m: lambda: m(x))(model)
+    return alternating_medians(calls, CPU, repeats, warmup=1)
 
 
 @torch.no_grad()
 def main(args):
+    check_args(args)
     torch.manual_seed(0)
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    dense = build_model(args.arch, 10, 3).eval().to(memory_format=fmt)
+    base = trained_looking(build_model(args.arch, 10, 3)).to(memory_format=fmt)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
     x = torch.rand(shape).contiguous(memory_format=fmt)
-    inputs = {}
-    hooks = [m.register_forward_hook(lambda mod, i, o, n=n: inputs.__setitem__(n, i[0]))
-             for n, m in dense.named_modules() if isinstance(m, torch.nn.Conv2d)]
-    dense(x)
-    for h in hooks:
-        h.remove()
-    print(f"CPU, {torch.get_num_threads()} threads | torch {torch.__version__} | {args.arch}, input {shape}, "
-          f"{args.memory_format}, unit channel, cn {args.cn} b2 {args.b2} t1 {args.t1} | medians of {args.repeats}, alternating")
+    print(f"{environment_line(CPU)} | {args.arch}, input {shape}, {args.memory_format}, unit channel, cn {args.cn} "
+          f"b2 {args.b2} t1 {args.t1} | medians of {args.repeats}, alternating")
+    results = {"environment": environment_line(CPU), "args": vars(args), "runs": []}
     for sparsity in args.sparsity:
-        masked = copy.deepcopy(dense)
-        ticket = global_magnitude_prune(masked, sparsity)
-        new_mask, infos = regroup_mask(ticket, args.t1, args.cn, 32, args.b2, 0, "greedy", "channel")
-        apply_mask(masked, new_mask)
-        refresh_masked_weights(masked)
-        modules = dict(masked.named_modules())
-        print(f"\nticket sparsity {100 * sparsity:.0f}% -> regrouped masks keep {100 * new_mask.density():.1f}% of the "
-              f"weights ({sum(not i.kept_mask for i in infos.values())}/{len(infos)} layers with blocks)")
-        print(f"  {'layer':<22} {'kept':>6} {'blocks':>6} {'dense ms':>9} {'regroup ms':>10} {'speedup':>8} {'FLOPs ratio':>11}")
-        for name, info in infos.items():
-            if info.kept_mask:
-                continue
-            conv = modules[name]
-            weight = conv.weight.detach()
-            layer = RegroupedConv2d(weight, info.blocks, "channel", conv.stride, conv.padding)
-            xin = inputs[name]
-            ref = F.conv2d(xin, weight, None, conv.stride, conv.padding)
-            assert torch.allclose(layer(xin), ref, atol=1e-4, rtol=1e-4), name
-            full = dense.get_submodule(name).weight
-            t = alternating_medians({"dense": lambda: F.conv2d(xin, full, None, conv.stride, conv.padding),
-                                     "regroup": lambda: layer(xin)}, CPU, args.repeats, warmup=1)
-            print(f"  {name:<22} {100 * info.density_after:5.1f}% {len(info.blocks):6d} {1e3 * t['dense']:9.2f} "
-                  f"{1e3 * t['regroup']:10.2f} {t['dense'] / t['regroup']:7.2f}x {1 / max(info.density_after, 1e-9):10.2f}x")
-        one = (1,) + shape[1:]
-        flops_ratio = model_flops(dense, one) / sum(r["m"] for r in masked_flops(dense, one, {"m": new_mask}).values())
-        for tuned in (False, True):
-            regrouped, choice = regroup_model(copy.deepcopy(masked), infos, "channel", x if tuned else None)
-            diff = (regrouped(x) - masked(x)).abs().max().item()
-            t = alternating_medians({"dense": lambda: dense(x), "regroup": lambda: regrouped(x)}, CPU, args.repeats, warmup=1)
-            how = (f"timed per layer: {sum(c == 'regrouped' for c in choice.values())} regrouped, "
-                   f"{sum(c == 'dense (faster)' for c in choice.values())} kept dense") if tuned else "every layer with blocks"
-            print(f"  end to end ({how}): dense {1e3 * t['dense']:.1f} ms, regrouped {1e3 * t['regroup']:.1f} ms, "
-                  f"speedup {t['dense'] / t['regroup']:.2f}x, FLOPs ratio {flops_ratio:.2f}x, max |diff| {diff:.1e}")
+        models, layers, infos, folded, regrouped_mask = tickets(base, sparsity, args, x)
+        models = {name: model.to(memory_format=fmt).eval() for name, (model, _) in models.items()}
+        flops = flops_figures(base, models["regrouped"], layers, shape)
+        with_blocks = sum(not i.kept_mask for i in infos.values())
+        print(f"\nticket sparsity {100 * sparsity:.0f}% -> regrouped masks keep {100 * regrouped_mask.density():.1f}% "
+              f"of the weights ({with_blocks}/{len(infos)} layers with blocks, "
+              f"{100 * flops['share_in_layers_with_blocks']:.0f}% of the dense FLOPs; {len(folded)} output "
+              f"permutations folded into the next conv)")
+        print(f"  {'layer':<22} {'parts':>5} {'kept':>6} {'groups':>6} {'dense ms':>9} {'grouped ms':>10} "
+              f"{'speedup':>8} {'FLOPs ratio':>11}  runs as")
+        for name, row in layers.items():
+            info = infos[name]
+            timed = "dense_ms" in row
+            speed = f"{row['dense_ms'] / row['grouped_ms']:7.2f}x" if timed else f"{'-':>8}"
+            print(f"  {name:<22} {info.parts:5d} {100 * info.density_after:5.1f}% {row.get('groups', 0):6d} "
+                  f"{row.get('dense_ms', float('nan')):9.2f} {row.get('grouped_ms', float('nan')):10.2f} {speed} "
+                  f"{row.get('flops_ratio', 1.0):10.2f}x  {row['form']}")
+        run = {"sparsity": sparsity, "kept": regrouped_mask.density(), "layers": layers, **flops}
+        for compiled in ([False, True] if args.compile else [False]):
+            t = time_models(models, x, args.repeats, compiled)
+            label = "compiled (inductor)" if compiled else "eager"
+            speedup = t["dense, BN folded"] / t["regrouped"]
+            print(f"  end to end, {label}: " + ", ".join(f"{n} {1e3 * s:.1f} ms" for n, s in t.items()))
+            print(f"    regrouped: speedup {speedup:.2f}x over dense (BN folded), executed FLOPs ratio "
+                  f"{flops['executed_flops_ratio']:.2f}x -> {speedup / flops['executed_flops_ratio']:.2f} of it | "
+                  f"slimmed refill: {t['dense'] / t['slimmed refill']:.2f}x over dense")
+            run["compiled" if compiled else "eager"] = {"ms": {n: 1e3 * s for n, s in t.items()}, "speedup": speedup,
+                                                        "of_executed_flops_ratio": speedup / flops["executed_flops_ratio"]}
+        results["runs"].append(run)
+    if args.out:
+        write_json(args.out, results)
+        print(f"\nwritten: {args.out}")
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())
