@@ -231,8 +231,8 @@ def blocks_from_mask(layer_mask, unit, cn, b2):
     patterns, row_pattern = torch.unique(grid != 0, dim=0, return_inverse=True)
     blocks = [(torch.nonzero(row_pattern == p).flatten(), torch.nonzero(patterns[p]).flatten())
               for p in range(len(patterns)) if patterns[p].any()]
-    live_rows = int((grid != 0).any(1).sum())
-    return LayerRegroup(kept_mask=True) if len(blocks) > parts_for(live_rows, cn, b2) else LayerRegroup(blocks=blocks)
+    most = parts_for(c_out, cn, b2)  # the most parts regroup makes of the layer's rows
+    return LayerRegroup(kept_mask=True) if len(blocks) > most else LayerRegroup(blocks=blocks)
 
 
 @torch.no_grad()

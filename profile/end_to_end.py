@@ -13,8 +13,13 @@ channels-last, cudnn.benchmark on; the regrouped model keeps cuDNN for each
 layer where --kernel is slower on that layer's input (CUDA-graph timing);
 with --cuda_graphs every model is timed as CUDA-graph replays, else eagerly
 (Python's launch overhead included); medians and p10-p90 of --repeats over
-rotating inputs. On the CPU: the CPU paths in fp32, each layer keeping its
-dense convolution where the block path times slower, alternating medians.
+rotating inputs. On the CPU, in fp32: the channel unit as
+pruner.permuted.permuted_model (BatchNorm folded, so it is also compared
+with the dense model with BatchNorm folded), the weight unit through
+RegroupedConv2d; each layer keeps its dense convolution where the block form
+times slower on its input; alternating medians; FLOPs per image both as an
+ideal sparse kernel would run them and as executed (group padding and dense
+layers included), and the share of the dense FLOPs in layers with blocks.
 """
 import argparse
 import functools
@@ -27,13 +32,15 @@ import torch  # noqa: E402
 
 from models import build_model  # noqa: E402
 from models.regrouped import regroup_model  # noqa: E402
+from pruner.fold_bn import fold_batchnorm  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
+from pruner.permuted import permuted_model  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
 from utils.arguments import add_parts_flag  # noqa: E402
 from utils.checkpoint import add_trust_flag, load_file, plain_weights, state_dict_of  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.flops import masked_flops, model_flops  # noqa: E402
+from utils.flops import conv_flops, masked_flops, model_flops  # noqa: E402
 from utils.gpu_bench import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
 from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
@@ -94,9 +101,12 @@ def main(args):
         regroup_mask, t1=args.t1, cn=args.cn, nn=args.nn, b2=args.b2, seed=0, partitioner="greedy",
         unit=args.regroup_unit))
     infos = tickets["infos"]
+    per_layer = conv_flops(tickets["dense"], (1, in_channels, args.image_size, args.image_size))
+    share = sum(per_layer[name] for name, info in infos.items() if not info.kept_mask) / sum(per_layer.values())
     print(f"{args.checkpoint}: ticket sparsity {100 * mask.sparsity():.2f}% | refill "
           f"{100 * tickets['refilled_mask'].sparsity():.2f}% | regroup {100 * tickets['regrouped_mask'].sparsity():.2f}% "
-          f"({sum(not i.kept_mask for i in infos.values())}/{len(infos)} layers with blocks)")
+          f"({sum(not i.kept_mask for i in infos.values())}/{len(infos)} layers with blocks, "
+          f"{100 * share:.0f}% of the dense FLOPs)")
     if device.type == "cuda":
         return gpu_tables(args, tickets, in_channels, device)
     if args.dtype not in (None, "fp32"):
@@ -107,35 +117,54 @@ def main(args):
 
 
 def cpu_table(args, tickets, mask, shape):
-    """Dense, masked, slimmed refill and regrouped on the CPU at one input shape; {variant: seconds}."""
+    """Dense (also with BatchNorm folded), masked, slimmed refill and
+    regrouped on the CPU at one input shape; {variant: seconds}. The channel
+    unit runs as pruner.permuted.permuted_model (BN folded: timed against
+    the dense model with BN folded), the weight unit as RegroupedConv2d
+    layers; either way each layer keeps its dense convolution where the
+    block form times slower on its input."""
     one = (1,) + shape[1:]
     x = torch.rand(shape)
-    # Each layer keeps its masked dense convolution where the block path times slower on its input.
-    regrouped, choice = regroup_model(copied(tickets["regroup_reference"]), tickets["infos"], args.regroup_unit, x)
-    strip_masks(regrouped)  # its layers without blocks run as plain convolutions on the zeroed weights
+    reference = tickets["regroup_reference"]
+    if args.regroup_unit == "channel":
+        regrouped, layers, _ = permuted_model(reference, args.cn, args.b2, example_input=x, repeats=args.repeats or 10)
+        blocks = sum(row["form"] == "grouped" for row in layers.values())
+    else:
+        regrouped, choice = regroup_model(copied(reference), tickets["infos"], args.regroup_unit, x)
+        strip_masks(regrouped)  # its layers without blocks run as plain convolutions on the zeroed weights
+        blocks = sum(c == "regrouped" for c in choice.values())
     masked = tickets["masked"]
-    variants = {  # name: (model, model it must equal, FLOPs per image)
-        "dense": (tickets["dense"], None, model_flops(tickets["dense"], one)),
+    dense_folded = fold_batchnorm(copied(tickets["dense"]).eval())[0]
+    variants = {  # name: (model, model it must equal, FLOPs per image an ideal kernel runs; None: as executed)
+        "dense": (tickets["dense"], None, None),
+        "dense, BN folded": (dense_folded, tickets["dense"], None),
         "masked (unstructured)": (masked, None, _ideal(masked, one, mask)),
-        "slimmed refill": (tickets["slimmed"], tickets["refilled"], model_flops(tickets["slimmed"], one)),
-        f"regrouped ({args.regroup_unit})": (regrouped, tickets["regroup_reference"],
-                                             _ideal(masked, one, tickets["regrouped_mask"])),
+        "slimmed refill": (tickets["slimmed"], tickets["refilled"], None),
+        f"regrouped ({args.regroup_unit})": (regrouped, reference, _ideal(masked, one, tickets["regrouped_mask"])),
     }
-    print(f"input {shape} | {sum(c == 'regrouped' for c in choice.values())} layers run as blocks")
-    print(f"{'variant':<24} {'ms':>9} {'speedup':>8} {'MFLOPs/img':>11} {'max |diff|':>11}")
+    print(f"input {shape} | {blocks} layers run as blocks")
+    print(f"{'variant':<24} {'ms':>9} {'speedup':>8} {'ideal MFLOPs':>12} {'executed':>9} {'FLOPs ratio':>11} "
+          f"{'max |diff|':>11}")
     diffs = {}
-    for name, (model, reference, _) in variants.items():
+    for name, (model, ref, _) in variants.items():
         model.eval()
         diffs[name] = float("nan")
-        if reference is not None:
-            diffs[name] = (model(x) - reference.eval()(x)).abs().max().item()
+        if ref is not None:
+            diffs[name] = (model(x) - ref.eval()(x)).abs().max().item()
             if diffs[name] > 1e-3:
                 raise UserError(f"{name} differs from the masked model it implements by {diffs[name]:.2e}")
     seconds = alternating_medians({name: functools.partial(model, x) for name, (model, _, _) in variants.items()},
                                   torch.device("cpu"), args.repeats or 10)
-    for name, (_, _, flops) in variants.items():
-        print(f"{name:<24} {1e3 * seconds[name]:9.2f} {seconds['dense'] / seconds[name]:7.2f}x {flops / 1e6:11.2f} "
-              f"{diffs[name]:11.1e}")
+    executed = {name: model_flops(model, one) for name, (model, _, _) in variants.items()}  # caches warm: steady state
+    dense_flops = executed["dense"]
+    for name, (_, _, ideal) in variants.items():
+        ideal = executed[name] if ideal is None else ideal
+        print(f"{name:<24} {1e3 * seconds[name]:9.2f} {seconds['dense'] / seconds[name]:7.2f}x {ideal / 1e6:12.2f} "
+              f"{executed[name] / 1e6:9.2f} {dense_flops / executed[name]:10.2f}x {diffs[name]:11.1e}")
+    name = f"regrouped ({args.regroup_unit})"
+    baseline = "dense, BN folded" if args.regroup_unit == "channel" else "dense"
+    speedup, ratio = seconds[baseline] / seconds[name], dense_flops / executed[name]
+    print(f"{name}: {speedup:.2f}x over {baseline}, executed FLOPs ratio {ratio:.2f}x ({speedup / ratio:.2f} of it)")
     return seconds
 
 

@@ -36,7 +36,7 @@ def channel_blocks(layer_mask, cn=8, b2=16):
     if len(live) == 0:
         return None
     patterns, group_of = torch.unique(grid[live], dim=0, return_inverse=True)
-    if len(patterns) > parts_for(len(live), cn, b2):
+    if len(patterns) > parts_for(c_out, cn, b2):  # the most parts regroup makes of c_out rows
         return None
     return [(live[group_of == g], torch.nonzero(patterns[g]).flatten()) for g in range(len(patterns))]
 

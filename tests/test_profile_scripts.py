@@ -1,6 +1,7 @@
 """profile/ scripts that need no GPU: splitting a ticket into layer files and
 timing a layer through the vendor convolution, with their bad-input errors."""
 import importlib.util
+import json
 import os
 import re
 
@@ -71,11 +72,17 @@ def test_end_to_end_checks_every_structured_variant(digits_imp_run):
     proc = run_script("profile/end_to_end.py", digits_imp_run / "1checkpoint.pth.tar", "--image_size", "8",
                       "--batch_size", "16", "--repeats", "2", "--b2", "4")
     assert proc.returncode == 0, proc.stderr
-    rows = {line.split()[0]: line for line in proc.stdout.splitlines()
-            if line.startswith(("dense", "masked", "slimmed", "regrouped"))}
-    assert set(rows) == {"dense", "masked", "slimmed", "regrouped"}
-    for name in ("slimmed", "regrouped"):  # checked against the masked model each implements
+    names = ("dense ", "dense, BN folded", "masked (unstructured)", "slimmed refill", "regrouped (channel) ")
+    rows = {name: line for line in proc.stdout.splitlines() for name in names if line.startswith(name)}
+    assert set(rows) == set(names)
+    for name in names[1:2] + names[3:]:  # checked against the model each implements
         assert float(rows[name].split()[-1]) < 1e-3
+    for name, row in rows.items():  # ideal and executed MFLOPs per image; the masked model executes dense FLOPs
+        ideal, executed = (float(v) for v in row[len(name):].split()[2:4])
+        assert executed >= ideal * 0.999 and (executed == float(rows["dense "].split()[4]) or "masked" not in name)
+    assert "% of the dense FLOPs)" in proc.stdout
+    assert re.search(r"regrouped \(channel\): [\d.]+x over dense, BN folded, executed FLOPs ratio [\d.]+x \([\d.]+ of it\)",
+                     proc.stdout)
 
 
 def test_mask_pictures(digits_imp_run, tmp_path, cli_error):
@@ -107,11 +114,26 @@ def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
     split = next(line for line in lines[6:] if "refill" in line).split()
     assert float(split[2]) > 0 and float(split[3]) > 0  # dense and slim conv milliseconds
     assert "GPU" not in slim_speed.stderr  # no profiler start-up noise
-    cpu_speed = run_script("profile/regroup_conv/cpu_speed.py", "--batch_size", "4", "--image_size", "16",
-                           "--sparsity", "0.93", "--repeats", "1")
-    assert cpu_speed.returncode == 0, cpu_speed.stderr
-    ends = [line for line in cpu_speed.stdout.splitlines() if "end to end" in line]
-    assert len(ends) == 2 and all("max |diff|" in line and float(line.split()[-1]) < 1e-3 for line in ends)
+
+
+
+def test_cpu_speed_runs_every_layer_regrouped_or_faster_dense(tmp_path, cli_error):
+    out = tmp_path / "cpu_speed.json"
+    proc = run_script("profile/regroup_conv/cpu_speed.py", "--arch", "res20s", "--batch_size", "4", "--image_size",
+                      "16", "--sparsity", "0.9", "--repeats", "1", "--cn", "auto", "--b2", "4", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    run = json.loads(out.read_text())["runs"][0]
+    assert set(run["eager"]["ms"]) == {"dense", "dense, BN folded", "regrouped", "slimmed refill"}
+    assert 0.95 < run["share_in_layers_with_blocks"] < 1  # --cn auto: every pruned layer (not the stem, the classifier)
+    grouped = any(layer["form"] == "grouped" for layer in run["layers"].values())
+    assert run["executed_flops_ratio"] == run["dense_mflops"] / run["executed_mflops"]
+    assert (run["executed_flops_ratio"] > 1) == grouped  # executed FLOPs: fewer only where grouped layers run
+    for name, layer in run["layers"].items():  # the per-layer choice: the faster form of each layer runs
+        assert layer["form"] in ("grouped", "dense (faster)"), name
+        assert (layer["form"] == "grouped") == (layer["grouped_ms"] <= layer["dense_ms"]), name
+    assert "of it | slimmed refill" in proc.stdout and "20/20 layers with blocks" in proc.stdout
+    cpu_speed = load_script("profile/regroup_conv/cpu_speed.py")
+    assert "got 'abc'" in cli_error(cpu_speed, ["--cn", "abc"])
 
 
 def test_gpu_scripts_stop_with_one_line_without_a_gpu(tmp_path):
