@@ -408,6 +408,20 @@ def select_channels(x, index, out=None):
     return torch.index_select(x, 1, index, out=out) if out is not None else x.index_select(1, index)
 
 
+@torch.library.custom_op("sparse_tickets::gather_channels", mutates_args=())
+def gather_channels(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """select_channels as one opaque operator, for torch.compile: inductor's
+    own loop for an indexed channel gather in channels-last runs 1.3-2x
+    slower than select_channels' torch.gather (AVX2 EPYC, 2 threads)."""
+    return select_channels(x, index)
+
+
+@gather_channels.register_fake
+def _(x, index):
+    n, _, h, w = x.shape
+    return torch.empty((n, index.shape[0], h, w), dtype=x.dtype, device=x.device, memory_format=memory_format_of(x))
+
+
 def _pair(v):
     return tuple(v) if isinstance(v, (tuple, list)) else (v, v)
 

@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.regrouped import RegroupedConv2d, gather_buffer, select_channels
+from models.regrouped import RegroupedConv2d, gather_buffer, gather_channels, select_channels
 from models.resnet import BasicBlock, Bottleneck
 from pruner.fold_bn import fold_batchnorm
 from pruner.grouped import channel_blocks
@@ -125,14 +125,14 @@ class PermutedBlockConv(nn.Module):
                 fmt = memory_format_of(x)  # a strided 1x1 reads only these pixels
                 x, stride = x[:, :, ::stride[0], ::stride[1]].contiguous(memory_format=fmt), (1, 1)
             if torch.compiler.is_compiling():
-                x = x.index_select(1, self.in_index)
+                x = gather_channels(x, self.in_index)
             else:
                 x = select_channels(x, self.in_index, gather_buffer(self, x, len(self.in_index), (self.weight,)))
         y = F.conv2d(x, self.weight.to(x.dtype), None if self.bias is None else self.bias.to(x.dtype), stride,
                      self.padding, self.dilation, self.groups)
         if self.out_index is None:
             return y
-        return y.index_select(1, self.out_index) if torch.compiler.is_compiling() else select_channels(y, self.out_index)
+        return gather_channels(y, self.out_index) if torch.compiler.is_compiling() else select_channels(y, self.out_index)
 
 
 class PermutedResidualBlock(nn.Module):
@@ -141,7 +141,9 @@ class PermutedResidualBlock(nn.Module):
     shortcut by index (padding slots are zero and go to channel 0), in
     place: the shortcut is the block's input (read by nothing else once the
     branch has run, as nn.ReLU(inplace=True) already assumes) or the
-    downsample's fresh output."""
+    downsample's fresh output. Under torch.compile the slots are gathered
+    and added instead: inductor's scatter-add loops are ~4x slower than the
+    eager index_add_, its gathers about as fast."""
 
     def __init__(self, block):
         super().__init__()
@@ -149,9 +151,10 @@ class PermutedResidualBlock(nn.Module):
         self.convs = nn.ModuleList(getattr(block, f"conv{i}") for i in range(1, self.depth + 1))
         self.downsample = block.downsample
         last = self.convs[-1]
-        self.register_buffer("add_index", None)
+        self.register_buffer("add_index", None)  # slot -> channel
+        self.register_buffer("source", None)  # channel -> slot
         if isinstance(last, PermutedBlockConv) and last.out_index is not None:
-            last.out_index = None
+            self.source, last.out_index = last.out_index, None
             self.add_index = last.slot_rows.clamp(min=0)
 
     def forward(self, x):
@@ -160,6 +163,8 @@ class PermutedResidualBlock(nn.Module):
             h = conv(h).relu_()
         y = self.convs[-1](h)
         shortcut = x if self.downsample is None else self.downsample(x)
+        if self.add_index is not None and torch.compiler.is_compiling():
+            return (shortcut + y.index_select(1, self.source)).relu_()
         return index_add_channels(shortcut, self.add_index, y).relu_()
 
 
