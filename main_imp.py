@@ -76,7 +76,7 @@ def initial_weights(model, args, write=True):
         load_plain_weights(model, plain_weights(state_dict_of(ckpt, args.pretrained)))
     elif args.init and os.path.exists(args.init):
         weights = state_dict_of(load_file(args.init, "--init file", args.trust_checkpoint), args.init)
-        check_compatible(model, weights, f"--init file '{args.init}' (another architecture or dataset?)")
+        check_compatible(model, weights, f"--init file '{args.init}'", ": another architecture or dataset?")
         load_plain_weights(model, weights)
         print(f"initial weights loaded from {args.init}")
     elif args.init and write:

@@ -265,7 +265,7 @@ def training(args):
 def markdown(data, args):
     """The report's tables."""
     from utils.gpu_bench import versions_line
-    lines = [f"# GPU check", "", versions_line(data["versions"]), ""]
+    lines = ["# GPU check", "", versions_line(data["versions"]), ""]
     check = data.get("check", {})
     if "checks" in check:
         lines += [f"(a) {check['checks']} kernel checks passed; largest relative errors: "

@@ -18,11 +18,6 @@ def conv_layers(model):
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Conv2d)}
 
 
-def stem_name(model):
-    """The stem is the first convolution the model defines."""
-    return next(iter(conv_layers(model)))
-
-
 def prunable_layers(model, include_stem=False):
     """Names of the convolutions IMP prunes: all but the stem (unless
     `include_stem`); the classifier is linear, so never."""
@@ -90,7 +85,7 @@ def load_plain_weights(model, plain):
     """Load a plain state dict (`X.weight`) into a model that may be masked
     (`X.weight_orig`): the mask is kept, the weights replaced."""
     target = model.state_dict()
-    check_compatible(model, plain, "weights")
+    check_compatible(model, plain, "the state dict")
     new_state = {}
     for key, value in target.items():
         if key.endswith("_orig"):
@@ -103,9 +98,10 @@ def load_plain_weights(model, plain):
     refresh_masked_weights(model)
 
 
-def check_compatible(model, plain, source):
+def check_compatible(model, plain, source, hint=""):
     """UserError unless `plain` (a plain state dict) has exactly the model's
-    parameter and buffer names and shapes."""
+    parameter and buffer names and shapes; `source` names where it came from
+    ("--checkpoint 'x'"), `hint` ends the message."""
     expected = {k: tuple(v.shape) for k, v in plain_weights(model.state_dict()).items()}
     given = {k: tuple(v.shape) for k, v in plain_weights(plain).items()}
     missing = sorted(set(expected) - set(given))
@@ -114,8 +110,8 @@ def check_compatible(model, plain, source):
     if missing or extra or wrong:
         detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra
                   else f"{wrong[0]} has shape {given[wrong[0]]}, expected {expected[wrong[0]]}")
-        raise UserError(f"{source} do not fit this architecture ({detail}; "
-                        f"{len(missing)} missing, {len(extra)} unexpected, {len(wrong)} misshapen)")
+        raise UserError(f"{source} holds weights that do not fit this architecture ({detail}; "
+                        f"{len(missing)} missing, {len(extra)} unexpected, {len(wrong)} misshapen){hint}")
 
 
 def effective_weights(model):

@@ -1,6 +1,7 @@
 """main_imp.py end to end: sparsity schedule, rewinding, files, the seed
 README's command, bit-exact resume after SIGKILL, and bad input."""
 import json
+import re
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ import main_imp
 from conftest import ROOT, run_script
 from models import build_model
 from pruner.masking import effective_weights
+from utils.arguments import finish
 from utils.checkpoint import load_file
 
 FAST = ["--arch", "res20s", "--epochs", "2", "--batch_size", "128"]
@@ -129,6 +131,7 @@ def test_bad_input_one_line_errors(tmp_path, cli_error):
         (["--rate", "0"], "--rate must be in (0, 1)"),
         (["--resume", "--save_dir", str(tmp_path / "empty")], "no --checkpoint given"),
         (["--prune_type", "pt"], "--pretrained"),
+        (["--workers", "-1"], "--workers must be 0 or more, got -1"),
     ]
     for argv, expected in cases:
         line = cli_error(main_imp, argv + ["--save_dir", str(tmp_path / "s")] if "--save_dir" not in argv else argv)
@@ -141,7 +144,16 @@ def test_bad_input_one_line_errors(tmp_path, cli_error):
     vgg_init = tmp_path / "vgg_init.pth.tar"
     torch.save(build_model("vgg16_bn", 10, 1, (0.3,), (0.2,)).state_dict(), vgg_init)
     line = cli_error(main_imp, ["--init", str(vgg_init), "--save_dir", str(tmp_path / "v")])
-    assert "--init file" in line and "do not fit this architecture" in line
+    assert re.search(r"--init file '.*vgg_init.pth.tar' holds weights that do not fit this architecture "
+                     r"\(missing .*\): another architecture or dataset\?$", line)
+
+
+@pytest.mark.parametrize("cores, dataset, workers", [({0, 1}, "cifar10", 2), (set(range(16)), "cifar10", 4),
+                                                     (set(range(16)), "digits", 0)])
+def test_workers_default_to_the_usable_cores_at_most_four(monkeypatch, cores, dataset, workers):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
+    args = finish(main_imp.get_args_parser().parse_args(["--dataset", dataset]))
+    assert args.workers == workers
 
 
 def test_existing_run_is_never_overwritten(tmp_path, cli_error):

@@ -25,7 +25,8 @@ def add_general(parser, save_dir):
     g.add_argument("--seed", type=int, default=1, help="seed of weights, data order and augmentation")
     g.add_argument("--save_dir", default=save_dir, help="where checkpoints, summary.json and plots go")
     g.add_argument("--gpu", type=int, default=None, help="CUDA device index (CPU when CUDA is absent)")
-    g.add_argument("--workers", type=int, default=None, help="data-loading processes (default: 0 for digits, else 4)")
+    g.add_argument("--workers", type=int, default=None,
+                   help="data-loading processes (default: 0 for digits, else the CPU cores this process may use, at most 4)")
     g.add_argument("--no_amp", dest="amp", action="store_false", help="disable mixed precision on CUDA")
 
 
@@ -91,7 +92,9 @@ def finish(args):
     if args.arch not in model_names():
         raise UserError(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
     if args.workers is None:
-        args.workers = 0 if args.dataset == "digits" else 4
+        args.workers = 0 if args.dataset == "digits" else min(4, usable_cores())
+    if args.workers < 0:
+        raise UserError(f"--workers must be 0 or more, got {args.workers}")
     for name in ("epochs", "batch_size"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
@@ -103,6 +106,12 @@ def finish(args):
         except ValueError:
             raise UserError(f"--decreasing_lr must be comma-separated epochs like 80,120, got '{args.decreasing_lr}'") from None
     return args
+
+
+def usable_cores():
+    """CPU cores this process may run on (its affinity mask where the OS has one):
+    more loader processes than that only contend (PyTorch warns above it)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def checkpoint_bytes(model):

@@ -53,12 +53,6 @@ class DistContext:
             out[name] = t.cpu()
         return Mask({name: out[name] for name in mask})
 
-    def broadcast_flag(self, ok):
-        """True on every rank only if `ok` is True on rank 0."""
-        t = torch.tensor([1 if ok else 0], device=self.device)
-        dist.broadcast(t, src=0)
-        return bool(t.item())
-
     def close(self):
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -135,7 +135,7 @@ def retrain(args, script, restructure):
     load_weights(model, ticket)
     mask = Mask.from_model(model)
     start = start_weights(args, plain_weights(ticket))
-    check_compatible(model, start, "the weights to retrain from")
+    check_compatible(model, start, "the checkpoint to retrain from")
     if is_main:
         new_mask, layers = restructure(model, mask, data, args)
     else:

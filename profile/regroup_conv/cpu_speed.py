@@ -25,7 +25,6 @@ dense FLOPs in layers with blocks and the executed FLOPs ratio (dense FLOPs
 """
 import argparse
 import copy
-import json
 import os
 import sys
 
