@@ -15,7 +15,8 @@ from pruner.masking import apply_mask, check_compatible, current_mask, effective
 from utils.arguments import (add_general, add_regroup_args, add_round_to, add_ticket, add_training, checkpoint_bytes, finish,
                              parser_for, prepare_save_dir)
 from utils.distributed import mask_digest
-from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, plain_weights, save_atomic, state_dict_of
+from utils.checkpoint import (best_path, checkpoint_path, latest_checkpoint, load_file, plain_weights, save_atomic,
+                              state_dict_of, summary_path)
 from utils.errors import UserError, run_cli
 from utils.report import environment, plot_states, state_record, states_table, write_summary
 from utils.retrain import training_batch
@@ -112,7 +113,7 @@ def next_mask(model, data, args):
 def main(args):
     check_imp_args(args)
     existing = latest_checkpoint(args.save_dir)
-    resume = resume_checkpoint(args, existing, "{i}checkpoint.pth.tar") if args.resume else None
+    resume = resume_checkpoint(args, existing, os.path.basename(checkpoint_path("", "{i}"))) if args.resume else None
     if resume is None and existing:
         raise UserError(f"--save_dir '{args.save_dir}' already holds a run ({os.path.basename(existing)}); "
                         "pass --resume to continue it or choose another --save_dir")
@@ -171,7 +172,7 @@ def main(args):
             print(f"pruned to {100 * new_mask.sparsity():.2f}% sparsity, rewound ({args.prune_type}):\n{new_mask.report()}")
 
     print("\n" + states_table(history))
-    print(f"summary: {os.path.join(args.save_dir, 'summary.json')}")
+    print(f"summary: {summary_path(args.save_dir)}")
     if dist_ctx is not None:
         dist_ctx.barrier()
         dist_ctx.close()

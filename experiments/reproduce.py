@@ -152,7 +152,7 @@ def run_script(module, argv, save_dir, finished, what):
     if summary is not None and finished(summary):
         print(f"  {what}: finished earlier, skipped", flush=True)
         return summary
-    cut_off = latest_checkpoint(save_dir) or os.path.exists(os.path.join(save_dir, "checkpoint.pth.tar"))
+    cut_off = latest_checkpoint(save_dir) or os.path.exists(checkpoint_path(save_dir))
     args = module.get_args_parser().parse_args(argv + ["--save_dir", save_dir] + (["--resume"] if cut_off else []))
     os.makedirs(save_dir, exist_ok=True)
     tic = time.perf_counter()
@@ -205,7 +205,7 @@ def run_seed(seed, args):
             argv = common + ["--pretrained", ticket, "--mask_dir", ticket, "--prune-type", "lt", "--save_model"] + flags
             summary = run_script(module, argv, save_dir, lambda s: True,  # written once, when the run ends
                                  f"seed {seed} {LABELS[method]} state {state}")
-            states[method].append((state, summary["states"][0], os.path.join(save_dir, "model_SA_best.pth.tar")))
+            states[method].append((state, summary["states"][0], best_path(save_dir)))
     return states
 
 

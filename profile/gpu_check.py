@@ -37,6 +37,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from utils.checkpoint import summary_path  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -247,7 +248,7 @@ def training(args):
             tic = time.time()
             proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
                                   env=dict(os.environ, PYTHONUNBUFFERED="1"))
-            summary = os.path.join(command[command.index("--save_dir") + 1], "summary.json")
+            summary = summary_path(command[command.index("--save_dir") + 1])
             runs[name] = {"returncode": proc.returncode, "seconds": round(time.time() - tic, 1),
                           "summary_written": os.path.exists(summary), "tail": (proc.stdout + proc.stderr)[-1500:]}
             if os.path.exists(summary):

@@ -99,3 +99,23 @@ def test_a_damaged_file_is_one_clear_error(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match="is not a readable PyTorch file"):
         load_file(str(bad))
+
+
+def test_one_atomic_writer_for_checkpoints_and_json(tmp_path):
+    """A write that fails midway leaves the previous file whole and no temporary behind."""
+    from utils.checkpoint import save_atomic
+    from utils.report import write_json
+    checkpoint, summary = tmp_path / "checkpoint.pth.tar", tmp_path / "summary.json"
+    save_atomic({"epoch": 1}, str(checkpoint))
+    write_json(str(summary), {"epoch": 1})
+
+    class Unsaveable:
+        def __reduce__(self):
+            raise RuntimeError("disk full, say")
+    with pytest.raises(RuntimeError):
+        save_atomic({"epoch": 2, "bad": Unsaveable()}, str(checkpoint))
+    with pytest.raises(TypeError):
+        write_json(str(summary), {"epoch": 2, "bad": object()})
+    assert load_file(str(checkpoint), "checkpoint") == {"epoch": 1}
+    assert summary.read_text().replace(" ", "").replace("\n", "") == '{"epoch":1}'
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pth.tar", "summary.json"]

@@ -10,7 +10,7 @@ import os
 import shutil
 
 from models import model_names
-from utils.checkpoint import add_trust_flag
+from utils.checkpoint import TEMPORARY_PREFIX, TEMPORARY_SUFFIX, add_trust_flag
 from pruner.partition import PARTITIONERS
 from pruner.regroup import UNITS, parse_parts
 from utils.datasets import dataset_names
@@ -136,7 +136,7 @@ def prepare_save_dir(path, needed_bytes=0):
             os.fsync(f.fileno())
         os.unlink(probe)
         for name in os.listdir(path):  # temporaries of a save that was killed mid-write
-            if name.startswith(".tmp-") and name.endswith(".part"):
+            if name.startswith(TEMPORARY_PREFIX) and name.endswith(TEMPORARY_SUFFIX):
                 os.unlink(os.path.join(path, name))
     except OSError as err:
         raise UserError(f"--save_dir '{path}' is not writable: {err.strerror}") from None

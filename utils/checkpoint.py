@@ -6,9 +6,11 @@ tools ignore). Pruned layers appear in `state_dict` as `<layer>.weight_orig`
 and `<layer>.weight_mask` (torch.nn.utils.prune's names); `init_weight` is
 the rewind point as a plain state dict.
 
-`save_atomic` writes a temporary file in the same directory, fsyncs it and
-renames it over the target, so a run killed at any moment leaves every
-checkpoint complete or absent.
+`atomic_write` (behind `save_atomic` for checkpoints and
+utils.report.write_json for JSON) writes a temporary file in the same
+directory, fsyncs it and renames it over the target, so a run killed at any
+moment leaves every file complete or absent. Every file name of a run
+directory is spelled here (`checkpoint_path`, `best_path`, `summary_path`).
 
 `load_file` never runs code from a file unless told to: it loads with
 `weights_only=True`, allowing by name only the plain types checkpoints hold
@@ -29,12 +31,17 @@ import torch
 from utils.errors import UserError
 
 
-def save_atomic(obj, path):
+TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".tmp-", ".part"  # what a killed write can leave behind
+
+
+def atomic_write(path, write, binary=True):
+    """Call write(f) on a temporary file beside `path`, fsync it, then rename
+    it over `path`: readers see the old file or the complete new one."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".part", dir=directory)
+    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX, dir=directory)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -42,6 +49,10 @@ def save_atomic(obj, path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def save_atomic(obj, path):
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 SAFE_GLOBALS = [argparse.Namespace]  # beside tensors and containers, what the original code's files may hold
@@ -62,7 +73,7 @@ def staged_file(path, suffix):
     so `path` holds the old file or a checked new one, never a broken one."""
     directory = os.path.dirname(os.path.abspath(path))
     try:
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=directory)
+        fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=directory)
         os.close(fd)
     except OSError as err:
         raise UserError(f"cannot write '{path}': {err.strerror}") from None
@@ -150,12 +161,18 @@ def plain_weights(state_dict):
 CHECKPOINT_RE = re.compile(r"^(\d+)checkpoint\.pth\.tar$")
 
 
-def checkpoint_path(save_dir, state):
+def checkpoint_path(save_dir, state=""):
+    """The latest checkpoint of IMP state `state` (a retraining run: no state)."""
     return os.path.join(save_dir, f"{state}checkpoint.pth.tar")
 
 
-def best_path(save_dir, state):
+def best_path(save_dir, state=""):
+    """The best-validation checkpoint of IMP state `state` (a retraining run: no state)."""
     return os.path.join(save_dir, f"{state}model_SA_best.pth.tar")
+
+
+def summary_path(save_dir):
+    return os.path.join(save_dir, "summary.json")
 
 
 def latest_checkpoint(save_dir):

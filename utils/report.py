@@ -7,6 +7,7 @@ import platform
 
 import torch
 
+from utils.checkpoint import atomic_write, summary_path
 from utils.training import best_summary
 
 
@@ -26,22 +27,17 @@ def environment(device):
 
 def write_json(path, obj):
     """Write obj to path atomically: a run killed while writing leaves the previous file intact."""
-    tmp = path + ".part"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: json.dump(obj, f, indent=1), binary=False)
     return path
 
 
 def write_summary(save_dir, summary):
-    return write_json(os.path.join(save_dir, "summary.json"), summary)
+    return write_json(summary_path(save_dir), summary)
 
 
 def read_summary(save_dir):
     """A run's summary.json, or None when it has none yet."""
-    path = os.path.join(save_dir, "summary.json")
+    path = summary_path(save_dir)
     if not os.path.exists(path):
         return None
     with open(path) as f:

@@ -13,7 +13,7 @@ from models import build_model
 from pruner.mask import Mask
 from pruner.masking import apply_mask, check_compatible, load_plain_weights, load_weights
 from utils.arguments import add_general, add_ticket, add_training, checkpoint_bytes, finish, prepare_save_dir
-from utils.checkpoint import load_file, plain_weights, state_dict_of
+from utils.checkpoint import best_path, checkpoint_path, load_file, plain_weights, state_dict_of
 from utils.datasets import load_dataset, make_loader
 from utils.errors import UserError
 from utils.flops import flops_report, masked_flops
@@ -69,7 +69,7 @@ def exported_ticket(args):
     """(the retrained masked model in eval mode, test images to check an export
     on, the arguments of the run that saved it or {}): from the run's best
     checkpoint, or --checkpoint with --evaluate."""
-    source = args.checkpoint if args.evaluate else os.path.join(args.save_dir, "model_SA_best.pth.tar")
+    source = args.checkpoint if args.evaluate else best_path(args.save_dir)
     ckpt = load_file(source, "checkpoint to export", args.trust_checkpoint)
     if "state_dict" not in ckpt:
         raise UserError(f"'{source}' holds no weights: retrain with --save_model to export the ticket")
@@ -116,15 +116,16 @@ def run_evaluation(args, device, data, model, dist_ctx):
 
 def retrain(args, script, restructure):
     finish(args)
-    checkpoint_file = os.path.join(args.save_dir, "checkpoint.pth.tar")
+    checkpoint_file = checkpoint_path(args.save_dir)
     if args.evaluate:
         return run_evaluation(args, *build(args))
     if not args.mask_dir:
         raise UserError("--mask_dir <checkpoint with masks> is required (e.g. a main_imp.py {i}checkpoint.pth.tar)")
     resume = resume_checkpoint(
-        args, checkpoint_file if os.path.exists(checkpoint_file) else None, "checkpoint.pth.tar") if args.resume else None
+        args, checkpoint_file if os.path.exists(checkpoint_file) else None, os.path.basename(checkpoint_file)) \
+        if args.resume else None
     if resume is None and os.path.exists(checkpoint_file):
-        raise UserError(f"--save_dir '{args.save_dir}' already holds a run (checkpoint.pth.tar); "
+        raise UserError(f"--save_dir '{args.save_dir}' already holds a run ({os.path.basename(checkpoint_file)}); "
                         "pass --resume to continue it or choose another --save_dir")
     device, data, model, dist_ctx = build(args)
     is_main = dist_ctx is None or dist_ctx.is_main
@@ -159,7 +160,7 @@ def retrain(args, script, restructure):
         load_weights(model, state_dict_of(resume))
     extra = {"init_weight": start, "source_mask": args.mask_dir, "args": vars(args)}
     result = train_state(model, data, args, device, state=0, resume=resume, extra=extra,
-                         checkpoint_file=checkpoint_file, best_file=os.path.join(args.save_dir, "model_SA_best.pth.tar"),
+                         checkpoint_file=checkpoint_file, best_file=best_path(args.save_dir),
                          save_weights=args.save_model, dist_ctx=dist_ctx)
     record = state_record(0, new_mask, result)
     summary = {"script": script, "args": vars(args), "environment": environment(device),
