@@ -206,13 +206,14 @@ def _fold_chain(model, producer_name, consumer_name):
 
 
 @torch.no_grad()
-def permuted_model(model, cn=8, b2=16, example_input=None, repeats=5, row_multiple=None):
+def permuted_model(model, cn=8, b2=16, example_input=None, repeats=5, row_multiple=None, dense_layers=()):
     """An inference copy of a masked channel-unit regrouped model (eval mode,
     CPU, BatchNorm folded) with every block layer as a PermutedBlockConv and
     the permutations folded as the module docstring says. With
     `example_input`, a layer whose grouped form (with both gathers) times
     slower than its dense convolution on its real input stays dense. Rows
     per group are padded to `row_multiple` (default: vector_rows()).
+    Layers named in `dense_layers` stay dense convolutions.
     Returns (model, {layer: {"form": "grouped" | "dense (faster)" | "masked dense",
     "groups", "flops_ratio" (dense / grouped weights), "dense_ms", "grouped_ms"
     (when timed)}}, folded chains [(producer, consumer)])."""
@@ -230,7 +231,7 @@ def permuted_model(model, cn=8, b2=16, example_input=None, repeats=5, row_multip
     for name, mask in masks.items():
         conv = model.get_submodule(name)
         blocks = channel_blocks(mask, cn, b2) if conv.groups == 1 else None
-        if blocks is None:
+        if blocks is None or name in dense_layers:
             forms[name] = {"form": "masked dense"}
             continue
         grouped = PermutedBlockConv.from_conv(conv, blocks, row_multiple or vector_rows())

@@ -7,7 +7,9 @@ from torch import nn
 
 from models import build_model
 from pruner.fold_bn import conv_bn_pairs, fold_batchnorm
+from models.vgg import VGG
 from pruner.magnitude import global_magnitude_prune
+from pruner.mask import Mask
 from pruner.masking import apply_mask
 from pruner.permuted import PermutedBlockConv, PermutedResidualBlock, permuted_model, slot_plan
 from pruner.regroup import regroup_mask
@@ -93,3 +95,30 @@ def test_compiled_permuted_model_equals_eager():
         assert convs[0].out_index is None and convs[1].in_index is not None and convs[2].out_index is not None
         x = torch.rand(3, 16, 16, 16)
         assert (torch.compile(block)(x.clone()) - block(x.clone())).abs().max() < 1e-4
+
+
+def test_a_plain_producer_computes_its_regrouped_consumers_gathered_input():
+    """features.0 (kept dense) feeds features.3, whose two blocks read input
+    channels {0..3} and {4..7} in the order the blocks list them: the
+    producer computes its channels in that order and the consumer gathers
+    nothing. Also: a layer kept dense by name stays a plain convolution."""
+    torch.manual_seed(0)
+    model = VGG([8, 8, "M", 6], 5, 3, (0.5,) * 3, (0.25,) * 3)
+    mask = Mask()
+    second = torch.zeros(8, 8, 3, 3)
+    second[:4, [2, 0, 1, 3]] = 1
+    second[4:, 4:] = 1
+    mask["features.3"] = second
+    mask["features.7"] = (torch.rand(6, 8, 1, 1).expand(6, 8, 3, 3) < 0.5).float()
+    mask["features.0"] = torch.ones(8, 3, 3, 3)
+    apply_mask(model, mask)
+    trained_looking(model)
+    x = torch.rand(2, 3, 8, 8)
+    with torch.no_grad():
+        deployed, layers, folded = permuted_model(model, 2, 1, dense_layers=("features.0",))
+        assert (deployed(x) - model(x)).abs().max() < 1e-4
+    assert layers["features.0"]["form"] == "masked dense" and layers["features.3"]["form"] == "grouped"
+    assert ("features.0", "features.3") in folded
+    producer, consumer = deployed.features[0], deployed.features[3]
+    assert isinstance(producer, nn.Conv2d) and consumer.in_index is None
+    assert producer.out_channels == 8  # the gathered list is a permutation here: no extra channels
