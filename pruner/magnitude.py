@@ -11,6 +11,20 @@ from pruner.masking import current_mask, masked_weight
 from utils.errors import UserError
 
 
+def _keep_all_but_smallest(scores, count):
+    """0 for the `count` smallest scores, ties broken towards the lower index
+    (what a stable sort gives), 1 elsewhere. A selection, not a sort: 0.7 s
+    instead of 4.3 s for ResNet-50's 23M weights on 2 cores."""
+    keep = torch.ones_like(scores)
+    if count == 0:
+        return keep
+    threshold = torch.kthvalue(scores, count).values
+    below = scores < threshold
+    keep[below] = 0.0
+    keep[torch.nonzero(scores == threshold).flatten()[: count - int(below.sum())]] = 0.0
+    return keep
+
+
 def global_magnitude_prune(model, rate, include_stem=False):
     """The next IMP mask: the current one minus the `rate` fraction of its
     remaining weights with the smallest |weight| (rounded to whole weights)."""
@@ -28,9 +42,7 @@ def global_magnitude_prune(model, rate, include_stem=False):
     scores = torch.cat(scores)
     already_pruned = int((torch.cat(flat_masks) == 0).sum())
     to_prune = int(round(rate * (scores.numel() - already_pruned)))
-    order = torch.sort(scores, stable=True).indices
-    keep = torch.ones_like(scores)
-    keep[order[: already_pruned + to_prune]] = 0.0
+    keep = _keep_all_but_smallest(scores, already_pruned + to_prune)
     new_mask, offset = Mask(), 0
     for name in names:
         n = mask[name].numel()

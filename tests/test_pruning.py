@@ -41,6 +41,21 @@ def test_pruning_removes_the_smallest_magnitudes_globally():
     assert removed.max() <= kept.min()
 
 
+def test_equal_magnitudes_are_pruned_in_layer_then_index_order():
+    """Ties break towards the earlier layer and lower index, as a stable sort
+    of all weights would (the selection that replaced the sort keeps this)."""
+    model = small_model()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(0.5)
+    names = prunable_layers(model)
+    total = sum(model.get_submodule(n).weight.numel() for n in names)
+    mask = global_magnitude_prune(model, 0.3)
+    flat = torch.cat([mask[n].flatten() for n in names])
+    pruned = int(round(0.3 * total))
+    assert torch.equal(flat, torch.cat([torch.zeros(pruned), torch.ones(total - pruned)]))
+
+
 def test_stem_pruned_only_with_conv1_flag():
     model = small_model()
     assert prunable_layers(model)[0] == "layer1.0.conv1"
