@@ -124,6 +124,8 @@ def test_cpu_speed_runs_every_layer_regrouped_or_faster_dense(tmp_path, cli_erro
     assert proc.returncode == 0, proc.stderr
     run = json.loads(out.read_text())["runs"][0]
     assert set(run["eager"]["ms"]) == {"dense", "dense, BN folded", "regrouped", "slimmed refill"}
+    assert set(run["max_abs_diff"]) == {"dense, BN folded", "regrouped", "slimmed refill"}
+    assert all(diff < 1e-4 for diff in run["max_abs_diff"].values())
     assert 0.95 < run["share_in_layers_with_blocks"] < 1  # --cn auto: every pruned layer (not the stem, the classifier)
     grouped = any(layer["form"] == "grouped" for layer in run["layers"].values())
     assert run["executed_flops_ratio"] == run["dense_mflops"] / run["executed_mflops"]

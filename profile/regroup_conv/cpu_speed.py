@@ -145,14 +145,17 @@ def main(args):
           f"b2 {args.b2} t1 {args.t1} | medians of {args.repeats}, alternating")
     results = {"environment": environment_line(CPU), "args": vars(args), "runs": []}
     for sparsity in args.sparsity:
-        models, layers, infos, folded, regrouped_mask = tickets(base, sparsity, args, x)
-        models = {name: model.to(memory_format=fmt).eval() for name, (model, _) in models.items()}
+        checked, layers, infos, folded, regrouped_mask = tickets(base, sparsity, args, x)
+        models = {name: model.to(memory_format=fmt).eval() for name, (model, _) in checked.items()}
+        diffs = {name: diff for name, (_, diff) in checked.items() if name != "dense"}
         flops = flops_figures(base, models["regrouped"], layers, shape)
         with_blocks = sum(not i.kept_mask for i in infos.values())
         print(f"\nticket sparsity {100 * sparsity:.0f}% -> regrouped masks keep {100 * regrouped_mask.density():.1f}% "
               f"of the weights ({with_blocks}/{len(infos)} layers with blocks, "
               f"{100 * flops['share_in_layers_with_blocks']:.0f}% of the dense FLOPs; {len(folded)} output "
               f"permutations folded into the next conv)")
+        print("  checked against the models they implement, max |diff|: "
+              + ", ".join(f"{name} {diff:.1e}" for name, diff in diffs.items()))
         print(f"  {'layer':<22} {'parts':>5} {'kept':>6} {'groups':>6} {'dense ms':>9} {'grouped ms':>10} "
               f"{'speedup':>8} {'FLOPs ratio':>11}  runs as")
         for name, row in layers.items():
@@ -162,7 +165,7 @@ def main(args):
             print(f"  {name:<22} {info.parts:5d} {100 * info.density_after:5.1f}% {row.get('groups', 0):6d} "
                   f"{row.get('dense_ms', float('nan')):9.2f} {row.get('grouped_ms', float('nan')):10.2f} {speed} "
                   f"{row.get('flops_ratio', 1.0):10.2f}x  {row['form']}")
-        run = {"sparsity": sparsity, "kept": regrouped_mask.density(), "layers": layers, **flops}
+        run = {"sparsity": sparsity, "kept": regrouped_mask.density(), "layers": layers, "max_abs_diff": diffs, **flops}
         for compiled in ([False, True] if args.compile else [False]):
             t = time_models(models, x, args.repeats, compiled)
             label = "compiled (inductor)" if compiled else "eager"
