@@ -56,7 +56,10 @@ def slot_plan(blocks, out_channels, row_multiple=1):
     slots (its rows, then free slots), and every row outside the blocks takes
     a free slot (R grows when there are too few); R is rounded up to a
     multiple of `row_multiple`. Returns (groups as [(rows, cols)], R,
-    slot_rows [groups * R]: the layer's row in each slot, -1 for padding)."""
+    slot_rows [groups * R]: the layer's row in each slot, -1 for padding).
+    Unlike models.regrouped.grouped_plan, whose rows outside the blocks all
+    read one zero row (its bias is added after the gather), each gets a slot:
+    with BatchNorm folded each has its own bias, and the next layer reads it."""
     merged = {}
     for rows, cols in blocks:
         merged.setdefault(tuple(torch.as_tensor(cols).tolist()), []).append(torch.as_tensor(rows).long())
