@@ -438,7 +438,7 @@ def regroup_model(model, infos, unit="weight", example_input=None, repeats=5, ke
     modules = dict(model.named_modules())
     candidates = {name: RegroupedConv2d.from_conv(modules[name], info.blocks, unit, kernel)
                   for name, info in infos.items() if not info.kept_mask and info.blocks}
-    inputs = _layer_inputs(model, candidates, example_input) if example_input is not None else {}
+    inputs = layer_inputs(model, candidates, example_input) if example_input is not None else {}
     choice = {name: "no block" for name in infos}
     for name, regrouped in candidates.items():
         x = inputs.get(name)
@@ -466,7 +466,8 @@ def _dense_is_faster(conv, regrouped, x, repeats):
 
 
 @torch.no_grad()
-def _layer_inputs(model, names, example_input):
+def layer_inputs(model, names, example_input):
+    """{layer name: its input tensor} from one eval-mode pass of `example_input`."""
     captured, hooks = {}, []
     for name, module in model.named_modules():
         if name in names:

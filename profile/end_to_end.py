@@ -40,7 +40,7 @@ from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
 from utils.arguments import add_parts_flag  # noqa: E402
 from utils.checkpoint import add_trust_flag, load_file, plain_weights, state_dict_of  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.flops import conv_flops, masked_flops, model_flops  # noqa: E402
+from utils.flops import flops_share, masked_flops, model_flops  # noqa: E402
 from utils.gpu_bench import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
 from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
@@ -101,8 +101,8 @@ def main(args):
         regroup_mask, t1=args.t1, cn=args.cn, nn=args.nn, b2=args.b2, seed=0, partitioner="greedy",
         unit=args.regroup_unit))
     infos = tickets["infos"]
-    per_layer = conv_flops(tickets["dense"], (1, in_channels, args.image_size, args.image_size))
-    share = sum(per_layer[name] for name, info in infos.items() if not info.kept_mask) / sum(per_layer.values())
+    share = flops_share(tickets["dense"], (1, in_channels, args.image_size, args.image_size),
+                        [name for name, info in infos.items() if not info.kept_mask])
     print(f"{args.checkpoint}: ticket sparsity {100 * mask.sparsity():.2f}% | refill "
           f"{100 * tickets['refilled_mask'].sparsity():.2f}% | regroup {100 * tickets['regrouped_mask'].sparsity():.2f}% "
           f"({sum(not i.kept_mask for i in infos.values())}/{len(infos)} layers with blocks, "

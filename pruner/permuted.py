@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.regrouped import RegroupedConv2d, gather_buffer, gather_channels, select_channels
+from models.regrouped import RegroupedConv2d, gather_buffer, gather_channels, layer_inputs, select_channels
 from models.resnet import BasicBlock, Bottleneck
 from pruner.fold_bn import fold_batchnorm
 from pruner.grouped import channel_blocks
@@ -229,7 +229,7 @@ def permuted_model(model, cn=8, b2=16, example_input=None, repeats=5, row_multip
     strip_masks(model)
     fold_batchnorm(model)
     chains = _chain_names(model)  # before the convs change type
-    inputs = _conv_inputs(model, masks, example_input) if example_input is not None else {}
+    inputs = layer_inputs(model, masks, example_input) if example_input is not None else {}
     forms = {}
     for name, mask in masks.items():
         conv = model.get_submodule(name)
@@ -259,16 +259,3 @@ def permuted_model(model, cn=8, b2=16, example_input=None, repeats=5, row_multip
 def _chain_names(model):
     names = {m: n for n, m in model.named_modules()}
     return [(names[getattr(parent, p)], names[getattr(parent, c)]) for parent, p, _, c in conv_chains(model)]
-
-
-def _conv_inputs(model, names, example_input):
-    captured, hooks = {}, []
-    for name in names:
-        hooks.append(model.get_submodule(name).register_forward_hook(
-            lambda m, i, o, name=name: captured.__setitem__(name, i[0])))
-    try:
-        model(example_input)
-    finally:
-        for h in hooks:
-            h.remove()
-    return captured

@@ -34,6 +34,12 @@ def conv_flops(model, input_shape):
     return {name: sum(per_module.get(f"{root}.{name}", {}).values()) for name in layers}
 
 
+def flops_share(model, input_shape, names):
+    """The share of the model's conv/linear FLOPs in the layers `names`."""
+    per_layer = conv_flops(model, input_shape)
+    return sum(per_layer[name] for name in names) / sum(per_layer.values())
+
+
 def masked_flops(model, input_shape, masks):
     """Per-layer FLOPs with each masked layer scaled by its density, for each
     named mask in `masks` ({"unstructured": Mask, "refill": Mask, ...}); a

@@ -42,7 +42,7 @@ from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.arguments import add_parts_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.flops import conv_flops, model_flops  # noqa: E402
+from utils.flops import flops_share, model_flops  # noqa: E402
 from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
 from utils.report import write_json  # noqa: E402
 from utils.structured_bench import trained_looking  # noqa: E402
@@ -115,12 +115,11 @@ def tickets(base, sparsity, args, x):
 
 def flops_figures(base, regrouped, layers, shape):
     one = (1,) + tuple(shape[1:])
-    per_layer = conv_flops(base, one)
-    with_blocks = sum(per_layer[n] for n, r in layers.items() if not r["form"].startswith("masked"))
+    with_blocks = [n for n, r in layers.items() if not r["form"].startswith("masked")]
     executed = model_flops(regrouped, one)
     dense = model_flops(base, one)
     return {"dense_mflops": dense / 1e6, "executed_mflops": executed / 1e6, "executed_flops_ratio": dense / executed,
-            "share_in_layers_with_blocks": with_blocks / sum(per_layer.values())}
+            "share_in_layers_with_blocks": flops_share(base, one, with_blocks)}
 
 
 def time_models(models, x, repeats, compiled=False):
