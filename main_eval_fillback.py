@@ -12,12 +12,12 @@ import torch
 
 from pruner.refill import check_refill_args, criterion_names, format_refill_report, refill, refill_layers_report
 from pruner.slim import slim
-from utils.arguments import add_round_to, parser_for
+from app.arguments import add_round_to, parser_for
 from utils.checkpoint import export_program
 from utils.errors import UserError, run_cli
 from utils.flops import model_flops
-from utils.onnx_export import export_onnx
-from utils.retrain import add_export_args, add_retrain_args, check_export_args, exported_ticket, retrain, training_batch
+from app.onnx_export import export_onnx
+from app.retrain import add_export_args, add_retrain_args, check_export_args, exported_ticket, retrain, training_batch
 
 
 def get_args_parser():

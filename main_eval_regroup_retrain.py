@@ -11,13 +11,13 @@ import os
 
 import torch
 
-from pruner.grouped import grouped_model
+from kernels.grouped import grouped_model
 from pruner.regroup import check_regroup_args, layer_summary, regroup_mask, report
-from utils.arguments import add_regroup_args, add_round_to, parser_for
+from app.arguments import add_regroup_args, add_round_to, parser_for
 from utils.errors import UserError, run_cli
 from utils.flops import model_flops
-from utils.onnx_export import export_onnx
-from utils.retrain import add_export_args, add_retrain_args, check_export_args, exported_ticket, retrain
+from app.onnx_export import export_onnx
+from app.retrain import add_export_args, add_retrain_args, check_export_args, exported_ticket, retrain
 
 
 def get_args_parser():

@@ -12,16 +12,16 @@ from pruner.magnitude import global_magnitude_prune
 from pruner.refill import check_refill_args, criterion_names, format_refill_report, refill, refill_layers_report
 from pruner.regroup import check_regroup_args, layer_summary, regroup_mask, report
 from pruner.masking import apply_mask, check_compatible, current_mask, effective_weights, load_plain_weights, load_weights
-from utils.arguments import (add_general, add_regroup_args, add_round_to, add_ticket, add_training, checkpoint_bytes, finish,
+from app.arguments import (add_general, add_regroup_args, add_round_to, add_ticket, add_training, checkpoint_bytes, finish,
                              parser_for, prepare_save_dir)
-from utils.distributed import mask_digest
+from app.distributed import mask_digest
 from utils.checkpoint import (best_path, checkpoint_path, latest_checkpoint, load_file, plain_weights, save_atomic,
                               state_dict_of, summary_path)
 from utils.errors import UserError, run_cli
-from utils.report import environment, plot_states, state_record, states_table, write_summary
-from utils.retrain import training_batch
-from utils.setup import build, resume_checkpoint
-from utils.training import train_state
+from app.report import environment, plot_states, state_record, states_table, write_summary
+from app.retrain import training_batch
+from app.setup import build, resume_checkpoint
+from app.training import train_state
 
 
 def get_args_parser():

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.refill import kept_channels  # noqa: E402
 from pruner.regroup import regroup_layer  # noqa: E402
-from utils.arguments import add_parts_flag  # noqa: E402
+from app.arguments import add_parts_flag  # noqa: E402
 from utils.checkpoint import add_trust_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 

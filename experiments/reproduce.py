@@ -30,18 +30,19 @@ import main_eval_fillback  # noqa: E402
 import main_eval_regroup_retrain  # noqa: E402
 import main_imp  # noqa: E402
 from models import build_model, model_names  # noqa: E402
-from models.regrouped import regroup_model  # noqa: E402
+from kernels.regrouped import regroup_model  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
 from pruner.regroup import UNITS, LayerRegroup, parts_for  # noqa: E402
-from utils.arguments import add_parts_flag  # noqa: E402
+from app.arguments import add_parts_flag  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.checkpoint import add_trust_flag, best_path, checkpoint_path, latest_checkpoint, load_file, state_dict_of  # noqa: E402
-from utils.datasets import dataset_names, load_dataset  # noqa: E402
+from app.datasets import dataset_names, load_dataset  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
-from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
-from utils.report import read_summary, write_json  # noqa: E402
+from bench.layer import environment_line  # noqa: E402
+from utils.timing import alternating_medians  # noqa: E402
+from app.report import read_summary, write_json  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 METHODS = ("imp", "imp_refill", "imp_refill_plus", "imp_regroup", "refill", "refill_plus", "regroup")

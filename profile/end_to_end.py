@@ -14,7 +14,7 @@ layer where --kernel is slower on that layer's input (CUDA-graph timing);
 with --cuda_graphs every model is timed as CUDA-graph replays, else eagerly
 (Python's launch overhead included); medians and p10-p90 of --repeats over
 rotating inputs. On the CPU, in fp32: the channel unit as
-pruner.permuted.permuted_model (BatchNorm folded, so it is also compared
+kernels.permuted.permuted_model (BatchNorm folded, so it is also compared
 with the dense model with BatchNorm folded), the weight unit through
 RegroupedConv2d; each layer keeps its dense convolution where the block form
 times slower on its input; alternating medians; FLOPs per image both as an
@@ -31,20 +31,21 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from models import build_model  # noqa: E402
-from models.regrouped import regroup_model  # noqa: E402
+from kernels.regrouped import regroup_model  # noqa: E402
 from pruner.fold_bn import fold_batchnorm  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
-from pruner.permuted import permuted_model  # noqa: E402
+from kernels.permuted import permuted_model  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
-from utils.arguments import add_parts_flag  # noqa: E402
+from app.arguments import add_parts_flag  # noqa: E402
 from utils.checkpoint import add_trust_flag, load_file, plain_weights, state_dict_of  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import flops_share, masked_flops, model_flops  # noqa: E402
-from utils.gpu_bench import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
-from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
+from bench.gpu import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
+from bench.layer import environment_line  # noqa: E402
+from utils.timing import alternating_medians  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
-from utils.structured_bench import build_tickets, copied, end_to_end_gpu  # noqa: E402
+from bench.tickets import build_tickets, copied, end_to_end_gpu  # noqa: E402
 
 
 def get_args_parser():
@@ -119,7 +120,7 @@ def main(args):
 def cpu_table(args, tickets, mask, shape):
     """Dense (also with BatchNorm folded), masked, slimmed refill and
     regrouped on the CPU at one input shape; {variant: seconds}. The channel
-    unit runs as pruner.permuted.permuted_model (BN folded: timed against
+    unit runs as kernels.permuted.permuted_model (BN folded: timed against
     the dense model with BN folded), the weight unit as RegroupedConv2d
     layers; either way each layer keeps its dense convolution where the
     block form times slower on its input."""

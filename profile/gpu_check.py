@@ -98,7 +98,7 @@ class CudaBuild(threading.Thread):
 
     def run(self):
         try:
-            from models.regrouped import _cuda_kernel
+            from kernels.regrouped import _cuda_kernel
             _cuda_kernel()
         except Exception as err:  # noqa: BLE001
             self.error = f"{type(err).__name__}: {err}"
@@ -110,10 +110,10 @@ class CudaBuild(threading.Thread):
 
 def check_kernels(build):
     """(a): every case, unit and precision; Triton into a NaN-poisoned output."""
-    from models.regrouped import RegroupedConv2d
-    from models.regrouped_triton import default_config
-    from utils.gpu_bench import apply_precision, relative_error
-    from utils.structured_bench import TOLERANCE, check_layer, random_regrouped_layer
+    from kernels.regrouped import RegroupedConv2d
+    from kernels.triton_conv import default_config
+    from bench.gpu import apply_precision, relative_error
+    from bench.tickets import TOLERANCE, check_layer, random_regrouped_layer
     rows, layers = [], []
     generator = torch.Generator().manual_seed(0)
     for case in CHECK_CASES:
@@ -151,9 +151,9 @@ def check_kernels(build):
 
 def check_gradients():
     """The Triton path's input, block-weight and bias gradients against autograd through F.conv2d (fp32, TF32 off)."""
-    from models.regrouped import RegroupedConv2d
-    from utils.gpu_bench import apply_precision, relative_error
-    from utils.structured_bench import random_regrouped_layer
+    from kernels.regrouped import RegroupedConv2d
+    from bench.gpu import apply_precision, relative_error
+    from bench.tickets import random_regrouped_layer
     apply_precision("fp32")
     weight, blocks, bias = random_regrouped_layer(96, 64, 3, "weight", torch.Generator().manual_seed(1))
     conv = RegroupedConv2d(weight, blocks, "weight", 2, 1, 1, bias, kernel="triton").cuda()
@@ -174,7 +174,7 @@ def check_gradients():
 def make_tickets(args):
     """{sparsity: (masked model, mask, regroup function, conv input shapes at --layer_batch)}."""
     import functools
-    from utils.structured_bench import conv_input_shapes, regroup_by_rows, resnet18_ticket
+    from bench.tickets import conv_input_shapes, regroup_by_rows, resnet18_ticket
     tickets = {}
     for sparsity in args.sparsities:
         masked, mask = resnet18_ticket(sparsity)
@@ -185,7 +185,7 @@ def make_tickets(args):
 
 def layer_tables(args, tickets, build):
     """(b): per layer, per ticket, per precision."""
-    from utils.structured_bench import compare_layer
+    from bench.tickets import compare_layer
     kernels = ("triton", "cuda") if build.ready() else ("triton",)
     out = []
     for sparsity, (masked, mask, regroup, shapes) in tickets.items():
@@ -213,7 +213,7 @@ def layer_tables(args, tickets, build):
 
 def end_to_end(args, tickets):
     """(c): dense vs regrouped vs slimmed refill per ticket, batch and precision."""
-    from utils.structured_bench import build_tickets, end_to_end_gpu
+    from bench.tickets import build_tickets, end_to_end_gpu
     out = []
     for sparsity, (masked, mask, regroup, _) in tickets.items():
         forms = build_tickets(masked, mask, regroup)
@@ -265,7 +265,7 @@ def training(args):
 
 def markdown(data, args):
     """The report's tables."""
-    from utils.gpu_bench import versions_line
+    from bench.gpu import versions_line
     lines = ["# GPU check", "", versions_line(data["versions"]), ""]
     check = data.get("check", {})
     if "checks" in check:
@@ -327,7 +327,7 @@ def _ratio(t):
 def main(args):
     if not torch.cuda.is_available():
         raise UserError("profile/gpu_check.py needs a CUDA GPU, and PyTorch sees none (torch.cuda.is_available() is False)")
-    from utils.gpu_bench import versions, versions_line
+    from bench.gpu import versions, versions_line
     os.makedirs(args.out, exist_ok=True)
     report = Report(args.out)
     report.data["versions"] = versions()
@@ -344,7 +344,7 @@ def main(args):
         report.run("end_to_end", end_to_end, args, tickets)
     if "training" not in args.skip:
         report.run("training", training, args)
-    from models.regrouped_triton import tuned_configs
+    from kernels.triton_conv import tuned_configs
     report.data["triton_configs"] = [[str(key), config] for key, config in tuned_configs()]
     report.data["cuda_build_error"] = build.error if not build.is_alive() else "still building"
     report.save()

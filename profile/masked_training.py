@@ -21,9 +21,9 @@ import torch  # noqa: E402
 from models import build_model  # noqa: E402
 from pruner.magnitude import global_magnitude_prune  # noqa: E402
 from pruner.masking import apply_mask  # noqa: E402
-from utils.datasets import load_dataset, make_loader  # noqa: E402
+from app.datasets import load_dataset, make_loader  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
-from utils.training import train_one_epoch  # noqa: E402
+from app.training import train_one_epoch  # noqa: E402
 
 
 def get_args_parser():

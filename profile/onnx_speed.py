@@ -9,9 +9,9 @@ removed channels leave constants behind as in a trained ticket), then:
 - "slim, round N": the same with each layer's kept channels rounded up to a
   multiple of --round_to;
 - "regrouped": regrouped with --regroup_unit channel (--cn, --b2, --nn,
-  --t1) into gathers and grouped convolutions (pruner.grouped); layers
+  --t1) into gathers and grouped convolutions (kernels.grouped); layers
   without blocks stay masked dense convolutions.
-Every model is exported with utils.onnx_export.export_onnx (checked by
+Every model is exported with app.onnx_export.export_onnx (checked by
 onnx.checker and against PyTorch in ONNX Runtime, dynamic batch). Then per
 batch size all models run in turn in every runtime — PyTorch eager,
 ONNX Runtime's CPU provider, and its CUDA provider where installed — after
@@ -29,19 +29,20 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from models import build_model, model_names  # noqa: E402
-from pruner.grouped import grouped_model  # noqa: E402
+from kernels.grouped import grouped_model  # noqa: E402
 from pruner.magnitude import global_magnitude_prune  # noqa: E402
 from pruner.masking import apply_mask  # noqa: E402
 from pruner.refill import refill  # noqa: E402
 from pruner.regroup import regroup_mask  # noqa: E402
 from pruner.slim import slim  # noqa: E402
-from utils.arguments import add_parts_flag  # noqa: E402
+from app.arguments import add_parts_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
-from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
-from utils.onnx_export import INPUT_NAME, export_onnx, onnx_modules, ort_session  # noqa: E402
+from bench.layer import environment_line  # noqa: E402
+from utils.timing import alternating_medians  # noqa: E402
+from app.onnx_export import INPUT_NAME, export_onnx, onnx_modules, ort_session  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
-from utils.structured_bench import trained_looking  # noqa: E402
+from bench.tickets import trained_looking  # noqa: E402
 
 
 def get_args_parser():

@@ -23,7 +23,7 @@ import torch  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.partition import connectivity, partition_rows  # noqa: E402
 from pruner.regroup import parts_for, regroup_mask, report  # noqa: E402
-from utils.arguments import add_parts_flag  # noqa: E402
+from app.arguments import add_parts_flag  # noqa: E402
 from utils.checkpoint import add_trust_flag  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 

@@ -36,7 +36,8 @@ from pruner.masking import apply_mask  # noqa: E402
 from pruner.refill import refill  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
-from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
+from bench.layer import environment_line  # noqa: E402
+from utils.timing import alternating_medians  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 

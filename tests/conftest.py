@@ -30,7 +30,7 @@ def digits_res20s_ticket(sparsity):
     from models import build_model
     from pruner.magnitude import global_magnitude_prune
     from pruner.masking import apply_mask
-    from utils.datasets import load_dataset
+    from app.datasets import load_dataset
     torch.manual_seed(0)
     model = build_model("res20s", 10, 1, (0.3,), (0.2,))
     mask = global_magnitude_prune(model, sparsity)

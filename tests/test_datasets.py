@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from utils.datasets import load_dataset
+from app.datasets import load_dataset
 from utils.errors import UserError
 
 

@@ -6,16 +6,16 @@ import torch
 
 from conftest import digits_res20s_ticket
 from models import build_model
-from models.regrouped import GroupedBlockConv, RegroupedConv2d, regroup_model
-from pruner.grouped import channel_blocks, grouped_model
+from kernels.regrouped import GroupedBlockConv, RegroupedConv2d, regroup_model
+from kernels.grouped import channel_blocks, grouped_model
 from pruner.magnitude import global_magnitude_prune
 from pruner.masking import apply_mask
 from pruner.refill import kept_channels, refill
 from pruner.regroup import find_blocks, regroup_layer, regroup_mask
 from pruner.slim import slim
 from utils.errors import UserError
-from utils.onnx_export import export_onnx
-from utils.structured_bench import trained_looking
+from app.onnx_export import export_onnx
+from bench.tickets import trained_looking
 
 EXPORT_ARCHS = ["res18", "res20s", "vgg16_bn", "wrn32", "mobilenet"]
 

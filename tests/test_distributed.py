@@ -15,10 +15,10 @@ import main_imp
 from conftest import ROOT
 from pruner.mask import Mask
 from utils.checkpoint import load_file
-from utils.datasets import DataSplits, load_dataset
-from utils.distributed import mask_digest
+from app.datasets import DataSplits, load_dataset
+from app.distributed import mask_digest
 from utils.errors import TrainingDiverged
-from utils.training import train_state
+from app.training import train_state
 
 DDP_RUN = ["--epochs", "2", "--pruning_times", "3", "--seed", "3"]
 
@@ -156,8 +156,8 @@ def test_unwritable_or_full_save_dir_is_reported_before_training(tmp_path, cli_e
     blocker.write_text("")
     line = cli_error(main_imp, ["--save_dir", str(blocker / "run")])
     assert "is not writable" in line
-    import utils.arguments
-    monkeypatch.setattr(utils.arguments.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1024))
+    import app.arguments
+    monkeypatch.setattr(app.arguments.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1024))
     line = cli_error(main_imp, ["--save_dir", str(tmp_path / "full")])
     assert "MiB free" in line and "need" in line
     assert not any((tmp_path / "full").glob("*.pth.tar"))

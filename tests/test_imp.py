@@ -14,7 +14,7 @@ import main_imp
 from conftest import ROOT, run_script
 from models import build_model
 from pruner.masking import effective_weights
-from utils.arguments import finish
+from app.arguments import finish
 from utils.checkpoint import load_file
 
 FAST = ["--arch", "res20s", "--epochs", "2", "--batch_size", "128"]

@@ -1,4 +1,4 @@
-"""The gather-free regrouped model (pruner.permuted) and BatchNorm folding:
+"""The gather-free regrouped model (kernels.permuted) and BatchNorm folding:
 outputs equal the masked model's for every architecture, layouts, rows
 outside every block, the folds it makes, and torch.compile."""
 import pytest
@@ -11,9 +11,9 @@ from models.vgg import VGG
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
 from pruner.masking import apply_mask
-from pruner.permuted import PermutedBlockConv, PermutedResidualBlock, permuted_model, slot_plan
+from kernels.permuted import PermutedBlockConv, PermutedResidualBlock, permuted_model, slot_plan
 from pruner.regroup import regroup_mask
-from utils.structured_bench import trained_looking
+from bench.tickets import trained_looking
 
 ARCHS = ["res18", "res20s", "res50", "vgg16_bn", "wrn32", "mobilenet"]
 

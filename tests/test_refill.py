@@ -17,7 +17,7 @@ from pruner.masking import apply_mask
 from pruner.refill import CRITERIA, channel_scores, is_channel_wise, kept_channels, refill, refill_layers_report
 from pruner.slim import slim
 from utils.checkpoint import load_file
-from utils.datasets import load_dataset
+from app.datasets import load_dataset
 from utils.errors import UserError
 
 

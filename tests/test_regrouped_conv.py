@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch.nn.utils import prune
 
-from models.regrouped import RegroupedConv2d, emulate_kernel
+from kernels.regrouped import RegroupedConv2d, emulate_kernel
 from pruner.regroup import regroup_layer
 
 CASES = [  # (c_out, c_in, k, stride, padding, dilation, batch, size)

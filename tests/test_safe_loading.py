@@ -104,7 +104,7 @@ def test_a_damaged_file_is_one_clear_error(tmp_path):
 def test_one_atomic_writer_for_checkpoints_and_json(tmp_path):
     """A write that fails midway leaves the previous file whole and no temporary behind."""
     from utils.checkpoint import save_atomic
-    from utils.report import write_json
+    from app.report import write_json
     checkpoint, summary = tmp_path / "checkpoint.pth.tar", tmp_path / "summary.json"
     save_atomic({"epoch": 1}, str(checkpoint))
     write_json(str(summary), {"epoch": 1})

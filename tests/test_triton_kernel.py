@@ -9,9 +9,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.regrouped import RegroupedConv2d, regroup_model
-from utils.gpu_bench import relative_error
-from utils.structured_bench import random_regrouped_layer
+from kernels.regrouped import RegroupedConv2d, regroup_model
+from bench.gpu import relative_error
+from bench.tickets import random_regrouped_layer
 
 triton = pytest.importorskip("triton", reason="triton has wheels for Linux x86-64 only")
 
@@ -79,7 +79,7 @@ def test_a_regrouped_network_runs_through_the_kernel():
     from models import build_model
     from pruner.magnitude import global_magnitude_prune
     from pruner.masking import apply_mask, strip_masks
-    from utils.structured_bench import copied, regroup_by_rows
+    from bench.tickets import copied, regroup_by_rows
     torch.manual_seed(0)
     model = build_model("res20s", 10, 3).eval()
     mask = global_magnitude_prune(model, 0.8)

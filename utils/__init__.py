@@ -1,2 +1,3 @@
-"""Shared library code for the entry scripts: data, training, checkpoints,
-command-line groups, run summaries."""
+"""Foundation: errors, run file names, atomic writes and the checkpoint
+format (checkpoint.py), memory-layout helpers, FLOP counting, seeding and
+device selection, timers. Imports nothing else of ours."""

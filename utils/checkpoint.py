@@ -7,7 +7,7 @@ and `<layer>.weight_mask` (torch.nn.utils.prune's names); `init_weight` is
 the rewind point as a plain state dict.
 
 `atomic_write` (behind `save_atomic` for checkpoints and
-utils.report.write_json for JSON) writes a temporary file in the same
+app.report.write_json for JSON) writes a temporary file in the same
 directory, fsyncs it and renames it over the target, so a run killed at any
 moment leaves every file complete or absent. Every file name of a run
 directory is spelled here (`checkpoint_path`, `best_path`, `summary_path`).

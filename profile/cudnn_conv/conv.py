@@ -16,7 +16,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from utils.errors import run_cli  # noqa: E402
-from utils.layer_bench import add_shape_args, environment_line, load_layer, median_seconds  # noqa: E402
+from bench.layer import add_shape_args, environment_line, load_layer  # noqa: E402
+from utils.timing import median_seconds  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 

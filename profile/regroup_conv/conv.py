@@ -25,12 +25,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from models.regrouped import RegroupedConv2d  # noqa: E402
+from kernels.regrouped import RegroupedConv2d  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_layer  # noqa: E402
-from utils.arguments import add_parts_flag  # noqa: E402
+from app.arguments import add_parts_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.gpu_bench import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
-from utils.layer_bench import add_shape_args, environment_line, load_layer, alternating_medians  # noqa: E402
+from bench.gpu import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
+from bench.layer import add_shape_args, environment_line, load_layer  # noqa: E402
+from utils.timing import alternating_medians  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 MAX_RELATIVE_ERROR = 1e-4  # fp32
@@ -69,7 +70,7 @@ def parse(argv=None):
 @torch.no_grad()
 def main(args):
     if args.build_only:
-        from utils.cuda_build import build_regroup_kernel, target_archs
+        from kernels.cuda_build import build_regroup_kernel, target_archs
         module = build_regroup_kernel()
         print(f"built {module.__file__} for sm_{'/sm_'.join(target_archs())} with CUDA {torch.version.cuda}")
         return None
@@ -109,7 +110,7 @@ def main(args):
 
 def gpu_rows(args, regrouped_weight, info, geo, device):
     """The GPU comparison per batch size; returns {batch: cuDNN time / kernel time}."""
-    from utils.structured_bench import compare_layer
+    from bench.tickets import compare_layer
     precision = args.dtype or "tf32"
     print(versions_line(versions()))
     speedups = {}

@@ -9,7 +9,7 @@ For each weight sparsity, one global magnitude step on the initial weights
 ticket. `--regroup_unit channel` regroups it (`--cn auto`: parts per layer
 from its rows, so every layer gets blocks; the paper's `--cn 8 --b2 16`
 leaves the 64- and 128-channel layers without). The deployed form is
-pruner.permuted.permuted_model: BatchNorm folded, one grouped convolution
+kernels.permuted.permuted_model: BatchNorm folded, one grouped convolution
 per layer, permutations folded into the next layer where the graph allows;
 a layer whose grouped form times slower than its dense convolution on its
 real input stays dense (the per-layer choice, timed here). Refill
@@ -36,16 +36,17 @@ from models import build_model, model_names  # noqa: E402
 from pruner.fold_bn import fold_batchnorm  # noqa: E402
 from pruner.magnitude import global_magnitude_prune  # noqa: E402
 from pruner.masking import apply_mask, refresh_masked_weights  # noqa: E402
-from pruner.permuted import permuted_model  # noqa: E402
+from kernels.permuted import permuted_model  # noqa: E402
 from pruner.refill import refill  # noqa: E402
 from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
 from pruner.slim import slim  # noqa: E402
-from utils.arguments import add_parts_flag  # noqa: E402
+from app.arguments import add_parts_flag  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
 from utils.flops import flops_share, model_flops  # noqa: E402
-from utils.layer_bench import alternating_medians, environment_line  # noqa: E402
-from utils.report import write_json  # noqa: E402
-from utils.structured_bench import trained_looking  # noqa: E402
+from bench.layer import environment_line  # noqa: E402
+from utils.timing import alternating_medians  # noqa: E402
+from app.report import write_json  # noqa: E402
+from bench.tickets import trained_looking  # noqa: E402
 
 
 def get_args_parser():

@@ -19,11 +19,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspa
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from models import regrouped_triton  # noqa: E402
-from models.regrouped import RegroupedConv2d  # noqa: E402
+from kernels import triton_conv  # noqa: E402
+from kernels.regrouped import RegroupedConv2d  # noqa: E402
 from utils.errors import UserError, run_cli  # noqa: E402
-from utils.gpu_bench import apply_precision, graph_timings, precision_line, relative_error, rotating_inputs  # noqa: E402
-from utils.structured_bench import TOLERANCE, resnet18_tickets  # noqa: E402
+from bench.gpu import apply_precision, precision_line, relative_error, rotating_inputs  # noqa: E402
+from utils.timing import graph_timings  # noqa: E402
+from bench.tickets import TOLERANCE, resnet18_tickets  # noqa: E402
 
 
 def get_args_parser():
@@ -47,7 +48,7 @@ def main(args):
         raise UserError("kernel_sweep.py times the Triton kernel on a CUDA GPU, and PyTorch sees none")
     try:
         configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else \
-            regrouped_triton.GPU_CONFIGS
+            triton_conv.GPU_CONFIGS
     except ValueError:
         raise UserError(f"--configs takes BLOCK_M,WARPS,STAGES triples, got {args.configs}") from None
     if any(len(c) != 3 for c in configs):
@@ -69,7 +70,7 @@ def main(args):
         dense = weight.to(dtype).contiguous(memory_format=torch.channels_last)
         calls = {"cudnn": (lambda x: F.conv2d(x, dense, None, conv.stride, conv.padding), inputs)}
         for candidate in configs:
-            config = regrouped_triton._config(*candidate)
+            config = triton_conv._config(*candidate)
 
             def run(x, config=config):
                 return layer._forward_triton(x, config=config)
@@ -78,7 +79,7 @@ def main(args):
                 raise UserError(f"{name} with {config}: relative error {error:.2e}")
             calls[str(candidate)] = (run, inputs)
         structure = layer._triton_structure
-        chunks = regrouped_triton.chunks(structure, regrouped_triton.chunk_size(dtype))
+        chunks = triton_conv.chunks(structure, triton_conv.chunk_size(dtype))
         print(f"{name}: input {shapes[name]}, density {info.density_after:.3f}, {len(info.blocks)} blocks, "
               f"BLOCK_N {structure['tile']}, {chunks['tasks'].shape[0]} tasks, {len(chunks['chunk_tap'])} chunks "
               f"of {chunks['block_k']}")

@@ -35,7 +35,7 @@ def layer_geometry(ckpt, state_dict):
         return {}
     from models import build_model
     from pruner.masking import load_weights
-    from utils.datasets import load_dataset
+    from app.datasets import load_dataset
     try:
         spec = load_dataset(args["dataset"], args.get("data", "datasets")).spec
     except UserError:

@@ -8,7 +8,7 @@ import platform
 import torch
 
 from utils.checkpoint import atomic_write, summary_path
-from utils.training import best_summary
+from app.training import best_summary
 
 
 def state_record(state, mask, result):

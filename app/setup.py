@@ -3,8 +3,8 @@ import torch
 
 from models import build_model
 from utils.checkpoint import load_file
-from utils.datasets import load_dataset
-from utils.distributed import launch_context
+from app.datasets import load_dataset
+from app.distributed import launch_context
 from utils.errors import UserError
 from utils.runtime import seed_everything, select_device
 

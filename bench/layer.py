@@ -1,10 +1,8 @@
 """Shared pieces of the per-layer profiling scripts in profile/: kernel
 files (one masked conv weight each, written by profile/regroup_conv/split.py),
-the input-shape flags of the original scripts, and sound timing (warm-up,
-synchronised clocks or CUDA events, median of many runs)."""
+the input-shape flags of the original scripts, and the line that states the
+hardware and versions under every table (timing: utils/timing.py)."""
 import platform
-import statistics
-import time
 
 import torch
 
@@ -57,39 +55,6 @@ def load_layer(args):
         raise UserError(f"a {kh}x{kw} kernel does not fit a {geometry['height']}x{geometry['width']} input "
                         f"with padding {geometry['padding']}")
     return weight.float(), geometry
-
-
-def seconds_of(fn, device):
-    """Wall time of one fn() call; CUDA runs are timed with events."""
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        torch.cuda.synchronize()
-        return start.elapsed_time(end) / 1e3
-    tic = time.perf_counter()
-    fn()
-    return time.perf_counter() - tic
-
-
-def alternating_medians(fns, device, repeats, warmup=2):
-    """{name: median seconds} of the callables in `fns`, timed in turn
-    (one call of each per round, `repeats` rounds after `warmup`), so that
-    a slow spell of a shared machine hits all of them alike."""
-    for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    times = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            times[name].append(seconds_of(fn, device))
-    return {name: statistics.median(t) for name, t in times.items()}
-
-
-def median_seconds(fn, device, repeats, warmup=5):
-    """Median wall time of fn() after warm-up."""
-    return alternating_medians({"fn": fn}, device, repeats, warmup)["fn"]
 
 
 def cpu_description():

@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from models import build_model
-from models.regrouped import RegroupedConv2d, regroup_model
+from kernels.regrouped import RegroupedConv2d, regroup_model
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
 from pruner.masking import apply_mask, load_plain_weights, refresh_masked_weights, strip_masks
@@ -24,7 +24,8 @@ from pruner.refill import refill
 from pruner.regroup import regroup_layer
 from pruner.slim import slim
 from utils.errors import UserError
-from utils.gpu_bench import apply_precision, eager_timings, graph_timings, relative_error, rotating_inputs
+from bench.gpu import apply_precision, relative_error, rotating_inputs
+from utils.timing import eager_timings, graph_timings
 
 TOLERANCE = {"fp32": 1e-5, "tf32": 3e-3, "fp16": 3e-3, "bf16": 1.5e-2}  # relative error of one layer vs float64
 MODEL_TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}  # a whole network vs float64

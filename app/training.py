@@ -18,8 +18,8 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DistributedSampler
 
 from utils.checkpoint import save_atomic
-from utils.datasets import make_loader
-from utils.distributed import shard
+from app.datasets import make_loader
+from app.distributed import shard
 from utils.errors import TrainingDiverged
 from utils.runtime import epoch_seed, seed_everything
 

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from pruner.mask import Mask
+
 
 @dataclass
 class DistContext:
@@ -45,7 +47,6 @@ class DistContext:
 
     def broadcast_mask(self, mask):
         """Rank 0's mask on every rank (masks are computed once)."""
-        from pruner.mask import Mask
         out = Mask()
         for name in sorted(mask):
             t = mask[name].to(self.device, torch.float32).contiguous()

@@ -14,9 +14,9 @@ import torch
 
 from utils.errors import UserError
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
 # The kernel (nvcc, CUDA runtime only) and its PyTorch binding (the host compiler).
-KERNEL_SOURCES = tuple(os.path.join(ROOT, "profile", "regroup_conv", f"regroup_conv.{ext}") for ext in ("cu", "cpp"))
+KERNEL_SOURCES = tuple(os.path.join(HERE, f"regroup_conv.{ext}") for ext in ("cu", "cpp"))
 DEFAULT_ARCHS = ("80", "90")
 
 

@@ -13,7 +13,7 @@ from models import model_names
 from utils.checkpoint import TEMPORARY_PREFIX, TEMPORARY_SUFFIX, add_trust_flag
 from pruner.partition import PARTITIONERS
 from pruner.regroup import UNITS, parse_parts
-from utils.datasets import dataset_names
+from app.datasets import dataset_names
 from utils.errors import UserError
 
 

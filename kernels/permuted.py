@@ -2,7 +2,7 @@
 for inference on the CPU (and torch.compile).
 
 A regrouped layer computes one grouped convolution over its blocks (see
-models.regrouped.grouped_plan); its natural output is in "slot" order:
+kernels.regrouped.grouped_plan); its natural output is in "slot" order:
 group after group, each padded to the same row count. The standalone form
 gathers the input channels before and the output channels after it. Here:
 
@@ -32,14 +32,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.regrouped import RegroupedConv2d, gather_buffer, gather_channels, layer_inputs, select_channels
+from kernels.regrouped import RegroupedConv2d, gather_buffer, gather_channels, layer_inputs, select_channels
 from models.resnet import BasicBlock, Bottleneck
 from pruner.fold_bn import fold_batchnorm
-from pruner.grouped import channel_blocks
+from kernels.grouped import channel_blocks
 from pruner.masking import refresh_masked_weights, strip_masks
 from pruner.slim import conv_chains
 from utils.layout import index_add_channels, memory_format_of
-from utils.layer_bench import alternating_medians
+from utils.timing import alternating_medians
 
 
 def vector_rows():
@@ -57,7 +57,7 @@ def slot_plan(blocks, out_channels, row_multiple=1):
     a free slot (R grows when there are too few); R is rounded up to a
     multiple of `row_multiple`. Returns (groups as [(rows, cols)], R,
     slot_rows [groups * R]: the layer's row in each slot, -1 for padding).
-    Unlike models.regrouped.grouped_plan, whose rows outside the blocks all
+    Unlike kernels.regrouped.grouped_plan, whose rows outside the blocks all
     read one zero row (its bias is added after the gather), each gets a slot:
     with BatchNorm folded each has its own bias, and the next layer reads it."""
     merged = {}

@@ -17,7 +17,7 @@ import copy
 import torch
 from torch import nn
 
-from models.regrouped import GroupedBlockConv, RegroupedConv2d
+from kernels.regrouped import GroupedBlockConv, RegroupedConv2d
 from pruner.masking import refresh_masked_weights, strip_masks
 from pruner.regroup import parts_for
 
@@ -52,7 +52,7 @@ def grouped_model(model, unit="channel", cn=8, b2=16):
              if isinstance(m, nn.Conv2d) and hasattr(m, "weight_mask")}
     strip_masks(model)
     forms = {}
-    for name, module in list(model.named_modules()):  # layers already regrouped (models.regrouped.regroup_model)
+    for name, module in list(model.named_modules()):  # layers already regrouped (kernels.regrouped.regroup_model)
         if isinstance(module, RegroupedConv2d):
             if module.unit == "channel":
                 replacement, forms[name] = GroupedBlockConv.from_regrouped(module), "grouped convolution"

@@ -1,15 +1,9 @@
-"""Fair GPU timing for the profiling scripts (DESIGN.md §7): one precision
-applied to both sides, rotating input buffers larger than the L2 cache, and
-CUDA-graph replays timed with CUDA events, taken in turn, reported as the
-median with its spread.
-
-A graph holds one call per input buffer, so a replay measures the kernels
-back to back without Python's launch overhead; the per-call time is the
-replay time over the number of buffers.
+"""Fair GPU comparisons for the profiling scripts (DESIGN.md §7): one
+precision applied to both sides, rotating input buffers larger than the L2
+cache, errors relative to the reference, and the versions every table
+states (the CUDA-event and CUDA-graph timers: utils/timing.py).
 """
-import functools
 import math
-import statistics
 
 import torch
 
@@ -47,67 +41,6 @@ def rotating_inputs(shape, dtype, device, memory_format=torch.channels_last, gen
     count = max(2, min(most, math.ceil(3 * l2_bytes(device) / max(nbytes, 1))))
     return [torch.randn(shape, device=device, generator=generator).to(dtype).contiguous(memory_format=memory_format)
             for _ in range(count)]
-
-
-def capture(fn, inputs):
-    """A CUDA graph of fn(x) for every x in `inputs` (warmed up first on a
-    side stream, as capture requires: cuDNN's benchmark search and Triton's
-    tuning happen there, not in the graph)."""
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        for x in inputs[:2]:
-            fn(x)
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for x in inputs:
-            fn(x)
-    return graph
-
-
-def graph_timings(calls, repeats=50, warmup=3):
-    """{name: stats} for calls = {name: (fn, inputs)}: each captured once,
-    then the graphs replayed in turn `repeats` times; stats in seconds per
-    call: median, p10, p90, runs."""
-    graphs = {name: (capture(fn, inputs), len(inputs)) for name, (fn, inputs) in calls.items()}
-    return _event_timings({name: (graph.replay, count) for name, (graph, count) in graphs.items()}, repeats, warmup)
-
-
-def eager_timings(calls, repeats=50, warmup=3):
-    """As graph_timings, without graphs: each pass over the inputs between two
-    CUDA events (Python's launch overhead included, as an eager user sees it)."""
-    def passes(fn, inputs):
-        for x in inputs:
-            fn(x)
-    return _event_timings({name: (functools.partial(passes, fn, inputs), len(inputs))
-                           for name, (fn, inputs) in calls.items()}, repeats, warmup)
-
-
-def _event_timings(runners, repeats, warmup):
-    """Each runner (a callable making `count` calls) run in turn `repeats`
-    times between two CUDA events; stats per call."""
-    for _ in range(warmup):
-        for run, _ in runners.values():
-            run()
-    torch.cuda.synchronize()
-    samples = {name: [] for name in runners}
-    for _ in range(repeats):
-        for name, (run, count) in runners.items():
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            run()
-            end.record()
-            end.synchronize()
-            samples[name].append(start.elapsed_time(end) / 1e3 / count)
-    return {name: summary(t) for name, t in samples.items()}
-
-
-def summary(seconds):
-    ordered = sorted(seconds)
-    pick = lambda q: ordered[min(len(ordered) - 1, int(q * len(ordered)))]  # noqa: E731
-    return {"median": statistics.median(ordered), "p10": pick(0.1), "p90": pick(0.9), "runs": len(ordered)}
 
 
 def relative_error(got, reference):

@@ -12,14 +12,14 @@ import os
 from models import build_model
 from pruner.mask import Mask
 from pruner.masking import apply_mask, check_compatible, load_plain_weights, load_weights
-from utils.arguments import add_general, add_ticket, add_training, checkpoint_bytes, finish, prepare_save_dir
+from app.arguments import add_general, add_ticket, add_training, checkpoint_bytes, finish, prepare_save_dir
 from utils.checkpoint import best_path, checkpoint_path, load_file, plain_weights, state_dict_of
-from utils.datasets import load_dataset, make_loader
+from app.datasets import load_dataset, make_loader
 from utils.errors import UserError
 from utils.flops import flops_report, masked_flops
-from utils.report import environment, plot_states, state_record, write_summary
-from utils.setup import build, resume_checkpoint
-from utils.training import eval_loader, evaluate, train_state
+from app.report import environment, plot_states, state_record, write_summary
+from app.setup import build, resume_checkpoint
+from app.training import eval_loader, evaluate, train_state
 
 START_WEIGHTS = ("lt", "rewind_lt", "pt", "trained")
 

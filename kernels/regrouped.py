@@ -6,9 +6,9 @@ rows are output channels; a column is one (input channel, tap) position for
 unit "weight", or one whole input channel for unit "channel". Rows outside
 every block are all zero.
 
-Kernels (`kernel=`): "triton" (models/regrouped_triton.py, the default on
+Kernels (`kernel=`): "triton" (kernels/triton_conv.py, the default on
 CUDA tensors; CPU tensors too under TRITON_INTERPRET=1), "cuda" (the simple
-CUDA C reference, profile/regroup_conv/regroup_conv.cu, fp32), "cpu" (the
+CUDA C reference, kernels/regroup_conv.cu, fp32), "cpu" (the
 CPU paths below, the default on CPU tensors). Gradients of the Triton path
 go through the masked dense convolution (torch.nn.grad), so a regrouped
 model can be fine-tuned on a GPU.
@@ -29,8 +29,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models import regrouped_triton
-from utils.layer_bench import alternating_medians
+from kernels import triton_conv
+from utils.timing import alternating_medians
 from utils.layout import is_channels_last, memory_format_of
 
 
@@ -79,7 +79,7 @@ class RegroupedConv2d(nn.Module):
                 for i in range(self.num_blocks)]
 
     def kernel_tables(self, device="cpu"):
-        """The CUDA kernel's tables (see profile/regroup_conv/regroup_conv.cu):
+        """The CUDA kernel's tables (see kernels/regroup_conv.cu):
         every block row is a task; columns are (input channel, dy, dx) with
         dilation applied; a task's weights are contiguous in w_all."""
         kh, kw = self.kernel_size
@@ -128,7 +128,7 @@ class RegroupedConv2d(nn.Module):
         CUDA tensors and the CPU path on CPU tensors."""
         kernel = self.kernel if self.kernel != "auto" else ("triton" if x.is_cuda else "cpu")
         if kernel == "triton":
-            reason = regrouped_triton.unavailable_reason(x.device)
+            reason = triton_conv.unavailable_reason(x.device)
             if reason:
                 raise RuntimeError(reason)
         elif (kernel == "cuda") != x.is_cuda:
@@ -136,7 +136,7 @@ class RegroupedConv2d(nn.Module):
         return kernel
 
     @torch.compiler.disable(reason="per-kernel dispatch and cached tables; torch.compile takes "
-                            "pruner.grouped.grouped_model's GroupedBlockConv form instead")
+                            "kernels.grouped.grouped_model's GroupedBlockConv form instead")
     def forward(self, x):
         kernel = self.kernel_for(x)
         if kernel == "triton":
@@ -186,17 +186,17 @@ class RegroupedConv2d(nn.Module):
         Triton kernel; tables are built once per device and chunk size, weights
         repacked only when they or the dtype change."""
         if getattr(self, "_triton_structure", None) is None:
-            self._triton_structure = regrouped_triton.build_structure(
+            self._triton_structure = triton_conv.build_structure(
                 [(r.cpu(), c.cpu()) for r, c, _ in self.blocks()], self.unit, self.out_channels, self.in_channels,
                 self.kernel_size, self.dilation)
-        block_k = regrouped_triton.chunk_size(dtype)
+        block_k = triton_conv.chunk_size(dtype)
         if getattr(self, "_triton_tables_key", None) != (device, block_k):
-            self._triton_tables = regrouped_triton.device_tables(self._triton_structure, device, block_k,
+            self._triton_tables = triton_conv.device_tables(self._triton_structure, device, block_k,
                                                                  self.out_channels)
             self._triton_tables_key = (device, block_k)
         key = (device, dtype, self._version, None if self.bias is None else self.bias._version)
         if getattr(self, "_triton_weights_key", None) != key:
-            self._triton_weights = regrouped_triton.pack_weights(
+            self._triton_weights = triton_conv.pack_weights(
                 self._triton_structure, [w for _, _, w in self.blocks()], dtype, device, block_k)
             self._triton_bias = None if self.bias is None else self.bias.detach().to(device, torch.float32).contiguous()
             self._triton_weights_key = key
@@ -206,7 +206,7 @@ class RegroupedConv2d(nn.Module):
         structure, tables, weights, bias = self.triton_state(x.device, x.dtype)
 
         def run(inp):
-            return regrouped_triton.conv_forward(inp, weights, tables, structure, bias, self.out_channels,
+            return triton_conv.conv_forward(inp, weights, tables, structure, bias, self.out_channels,
                                                  self.stride, self.padding, out, config or self.triton_config)
         params = list(self.block_weights) + ([self.bias] if self.bias is not None else [])
         if torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in params)):
@@ -351,7 +351,7 @@ class _TritonConvFunction(torch.autograd.Function):
 
 @functools.lru_cache(maxsize=None)
 def _cuda_kernel():
-    from utils.cuda_build import build_regroup_kernel
+    from kernels.cuda_build import build_regroup_kernel
     return build_regroup_kernel()
 
 
@@ -458,7 +458,7 @@ def _dense_is_faster(conv, regrouped, x, repeats):
     def dense(inp):
         return conv._conv_forward(inp, weight, conv.bias)
     if x.is_cuda:
-        from utils.gpu_bench import graph_timings
+        from utils.timing import graph_timings
         t = graph_timings({"dense": (dense, [x] * 8), "regrouped": (regrouped, [x] * 8)}, max(repeats, 10))
         return t["dense"]["median"] < t["regrouped"]["median"]
     t = alternating_medians({"dense": lambda: dense(x), "regrouped": lambda: regrouped(x)}, x.device, repeats, warmup=1)
