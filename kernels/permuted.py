@@ -10,7 +10,7 @@ gathers the input channels before and the output channels after it. Here:
   output is final up to the ReLU; a row outside every block gets a slot of
   its own with zero weights, whose bias is what BN makes of a zero channel;
 - where a layer's output reaches one next conv through BN -> ReLU (-> max-pool)
-  (pruner.slim.conv_chains: inside a ResNet branch, between VGG's convs),
+  (models.structure.conv_chains: inside a ResNet branch, between VGG's convs),
   the output stays in slot order and the next conv reads slots instead:
   its input gather is re-indexed (a plain conv's weight columns are moved
   instead, and it needs no gather at all);
@@ -33,11 +33,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels.regrouped import RegroupedConv2d, gather_buffer, gather_channels, layer_inputs, select_channels
-from models.resnet import BasicBlock, Bottleneck
+from models.structure import conv_chains, residual_blocks
 from pruner.fold_bn import fold_batchnorm
 from kernels.grouped import channel_blocks
 from pruner.masking import refresh_masked_weights, strip_masks
-from pruner.slim import conv_chains
 from utils.layout import index_add_channels, memory_format_of
 from utils.timing import alternating_medians
 
@@ -150,7 +149,7 @@ class PermutedResidualBlock(nn.Module):
 
     def __init__(self, block):
         super().__init__()
-        self.depth = 3 if isinstance(block, Bottleneck) else 2
+        self.depth = block.residual_depth
         self.convs = nn.ModuleList(getattr(block, f"conv{i}") for i in range(1, self.depth + 1))
         self.downsample = block.downsample
         last = self.convs[-1]
@@ -250,9 +249,8 @@ def permuted_model(model, cn=8, b2=16, example_input=None, repeats=5, row_multip
                 continue
         _set(model, name, grouped)
     folded = [(p, c) for p, c in chains if _fold_chain(model, p, c)]
-    for name, block in list(model.named_modules()):
-        if isinstance(block, (BasicBlock, Bottleneck)):
-            _set(model, name, PermutedResidualBlock(block))
+    for name, block in residual_blocks(model):
+        _set(model, name, PermutedResidualBlock(block))
     return model, forms, folded
 
 

@@ -1,14 +1,18 @@
 """Model registry: architecture name -> constructor.
 
 Every constructor takes (num_classes, in_channels, mean, std, imagenet_stem)
-and returns a model whose first module is `normalize`.
+and returns a model whose first module is `normalize`. A new architecture
+is one file here plus its entry in MODELS; what slimming and the permuted
+regrouped model need to know of it, its modules declare
+(models/structure.py). This package imports nothing else of ours.
 """
 from models.mobilenet import MobileNetV1
-from models.resnet import resnet18, resnet20s, resnet50, resnet56s, wrn32_2
+from models.resnet import resnet18, resnet20s, resnet34, resnet50, resnet56s, wrn32_2
 from models.vgg import vgg16_bn
 
 MODELS = {
     "res18": resnet18,
+    "res34": resnet34,
     "res20s": resnet20s,
     "res56s": resnet56s,
     "res50": resnet50,

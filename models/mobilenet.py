@@ -24,6 +24,9 @@ class DepthwiseSeparable(nn.Module):
         x = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(x)))
 
+    def conv_chains(self):
+        return [(self, "conv1", "bn1", "conv2")]
+
 
 class MobileNetV1(nn.Module):
     def __init__(self, num_classes, in_channels, mean, std, imagenet_stem):

@@ -2,7 +2,7 @@
 `layer2.0.downsample.0`, `fc`), so masks from the original code line up.
 
 Two families:
-- `ResNet` with 4 stages (ResNet-18 basic blocks, ResNet-50 bottlenecks), a
+- `ResNet` with 4 stages (ResNet-18/34 basic blocks, ResNet-50 bottlenecks), a
   3x3 stride-1 stem without max-pool for small images (CIFAR, digits) or the
   ImageNet 7x7 stride-2 stem with max-pool;
 - `CifarResNet` with 3 stages of 16/32/64 channels times `width`
@@ -14,7 +14,10 @@ from models.normalize import Normalize
 
 
 class BasicBlock(nn.Module):
+    """relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x)); declares its
+    residual sum and its conv1 -> bn1 -> conv2 chain (models.structure)."""
     expansion = 1
+    residual_depth = 2
 
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
@@ -31,9 +34,15 @@ class BasicBlock(nn.Module):
         out = self.bn2(self.conv2(out))
         return self.relu(out + identity)
 
+    def conv_chains(self):
+        return [(self, "conv1", "bn1", "conv2")]
+
 
 class Bottleneck(nn.Module):
+    """1x1 -> 3x3 -> 1x1 branch plus shortcut; declares its residual sum and
+    its two chains (models.structure)."""
     expansion = 4
+    residual_depth = 3
 
     def __init__(self, in_planes, planes, stride=1):
         super().__init__()
@@ -54,6 +63,9 @@ class Bottleneck(nn.Module):
         out = self.relu(self.bn2(self.conv2(out)))
         out = self.bn3(self.conv3(out))
         return self.relu(out + identity)
+
+    def conv_chains(self):
+        return [(self, "conv1", "bn1", "conv2"), (self, "conv2", "bn2", "conv3")]
 
 
 def _shortcut(in_planes, out_planes, stride):
@@ -139,6 +151,10 @@ class CifarResNet(_StagedNet):
 
 def resnet18(num_classes, in_channels, mean, std, imagenet_stem):
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes, in_channels, mean, std, imagenet_stem)
+
+
+def resnet34(num_classes, in_channels, mean, std, imagenet_stem):
+    return ResNet(BasicBlock, [3, 4, 6, 3], num_classes, in_channels, mean, std, imagenet_stem)
 
 
 def resnet50(num_classes, in_channels, mean, std, imagenet_stem):

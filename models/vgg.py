@@ -29,6 +29,12 @@ class VGG(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    def conv_chains(self):
+        """Each conv of `features` feeds the next through its BN, ReLU (and max-pool)."""
+        items = list(self.features.named_children())
+        convs = [i for i, (_, m) in enumerate(items) if isinstance(m, nn.Conv2d)]
+        return [(self.features, items[a][0], items[a + 1][0], items[b][0]) for a, b in zip(convs, convs[1:])]
+
     def forward(self, x):
         x = self.features(self.normalize(x))
         return self.classifier(self.avgpool(x).flatten(1))

@@ -20,9 +20,9 @@ relu(b). So:
 - elsewhere a consumer that needs the full width (a depthwise conv, the
   classifier) gets the kept channels scattered into a zero tensor.
 
-The chains are known per block type (ResNet basic/bottleneck blocks,
-MobileNet depthwise-separable blocks, VGG's conv sequence); nothing else is
-cut.
+The chains and residual sums are what the architecture declares
+(models.structure: ResNet basic/bottleneck blocks, MobileNet
+depthwise-separable blocks, VGG's conv sequence); nothing else is cut.
 """
 import copy
 
@@ -30,12 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.mobilenet import DepthwiseSeparable
-from models.resnet import BasicBlock, Bottleneck
-from models.vgg import VGG
+from models.structure import conv_chains, residual_blocks
 from pruner.masking import refresh_masked_weights, strip_masks
 from pruner.refill import is_channel_wise, kept_rows
-from utils.errors import UserError
+from utils.errors import InvalidInput
 from utils.layout import index_add_channels, is_channels_last, memory_format_of
 
 
@@ -139,7 +137,7 @@ class SlimResidualBlock(nn.Module):
 
     def __init__(self, block):
         super().__init__()
-        self.depth = 3 if isinstance(block, Bottleneck) else 2  # convs in the branch
+        self.depth = block.residual_depth  # convs in the branch
         for i in range(1, self.depth + 1):
             setattr(self, f"conv{i}", getattr(block, f"conv{i}"))
             setattr(self, f"bn{i}", getattr(block, f"bn{i}"))
@@ -192,28 +190,9 @@ class SlimResidualBlock(nn.Module):
         return index_add_channels(out, self.last_index, y).relu_()
 
 
-def conv_chains(model):
-    """(parent, producer conv, its BN, consumer conv) attribute triples where
-    the producer's output reaches only the consumer through BN -> ReLU (-> max-pool)."""
-    chains = []
-    for module in model.modules():
-        if isinstance(module, BasicBlock):
-            chains.append((module, "conv1", "bn1", "conv2"))
-        elif isinstance(module, Bottleneck):
-            chains += [(module, "conv1", "bn1", "conv2"), (module, "conv2", "bn2", "conv3")]
-        elif isinstance(module, DepthwiseSeparable):
-            chains.append((module, "conv1", "bn1", "conv2"))
-        elif isinstance(module, VGG):
-            items = list(module.features.named_children())
-            convs = [i for i, (_, m) in enumerate(items) if isinstance(m, nn.Conv2d)]
-            for a, b in zip(convs, convs[1:]):
-                chains.append((module.features, items[a][0], items[a + 1][0], items[b][0]))
-    return chains
-
-
 def slim(model, mask=None):
     """A physically slimmed copy of `model` (masked with a channel-wise mask,
-    or with `mask` given). Raises UserError for a mask that is not channel-wise."""
+    or with `mask` given). Raises InvalidInput for a mask that is not channel-wise."""
     refresh_masked_weights(model)  # prune's weight = orig * mask may be a graph node; deepcopy needs leaves
     model = copy.deepcopy(model).cpu().eval()
     if mask is not None:
@@ -225,7 +204,7 @@ def slim(model, mask=None):
     for name, module in modules.items():
         if isinstance(module, nn.Conv2d) and hasattr(module, "weight_mask"):
             if not is_channel_wise(module.weight_mask):
-                raise UserError(f"layer '{name}' is not channel-wise: slimming needs a refilled mask")
+                raise InvalidInput(f"layer '{name}' is not channel-wise: slimming needs a refilled mask")
             masks[name] = module.weight_mask
     strip_masks(model)
     plans = {}  # conv name -> dict(out_keep, in_keep, in_gather, const_in, scatter)
@@ -267,8 +246,7 @@ def slim(model, mask=None):
         parent_name, _, attr = name.rpartition(".")
         parent = modules[parent_name] if parent_name else model
         setattr(parent, attr, SlimConv(conv, p["out_keep"], p["in_keep"], p["in_gather"], p["const_in"], p["scatter"]))
-    for name, block in list(model.named_modules()):
-        if isinstance(block, (BasicBlock, Bottleneck)):
-            parent_name, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent_name) if parent_name else model, attr, SlimResidualBlock(block))
+    for name, block in residual_blocks(model):
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, SlimResidualBlock(block))
     return model

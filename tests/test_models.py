@@ -6,7 +6,7 @@ import torch
 from models import build_model, model_names
 
 PAPER_PARAMS = {  # millions; CIFAR models at 10 classes, res50 with the ImageNet stem at 1000
-    "wrn32": 1.86, "res18": 11.22, "mobilenet": 3.21, "vgg16_bn": 14.72, "res50": 25.56}
+    "wrn32": 1.86, "res18": 11.22, "res34": 21.28, "mobilenet": 3.21, "vgg16_bn": 14.72, "res50": 25.56}
 
 
 @pytest.mark.parametrize("arch", sorted(PAPER_PARAMS))
