@@ -23,7 +23,8 @@ from torch.utils.data import Dataset, Subset, TensorDataset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from utils.errors import UserError
+from models import build_model
+from utils.errors import InvalidInput
 
 DIGITS_SPLIT_SEED = 0  # the split never depends on --seed: test sets stay comparable
 
@@ -78,7 +79,7 @@ class _CifarFiles(tv_datasets.CIFAR10):
         import pickle
         path = os.path.join(self.root, self.base_folder, self.meta["filename"])
         if not os.path.isfile(path):
-            raise UserError(f"missing CIFAR metadata file {path}")
+            raise InvalidInput(f"missing CIFAR metadata file {path}")
         with open(path, "rb") as f:
             self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
         self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
@@ -104,7 +105,7 @@ def _cifar(reader, num_classes, mean, std):
         expected = [n for n, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
         missing = [n for n in expected if not os.path.isfile(os.path.join(root, folder, n))]
         if missing:
-            raise UserError(f"dataset path '{root}' lacks {folder}/{missing[0]}: expected "
+            raise InvalidInput(f"dataset path '{root}' lacks {folder}/{missing[0]}: expected "
                             f"{root}/{folder}/{{{','.join(expected)}}} (the python version of the dataset)")
         train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
         test_tf = T.ToTensor()
@@ -113,7 +114,7 @@ def _cifar(reader, num_classes, mean, std):
             full_val = reader(root, train=True, transform=test_tf)
             test = reader(root, train=False, transform=test_tf)
         except (OSError, ValueError, KeyError, EOFError) as err:
-            raise UserError(f"cannot read {reader.__name__} files under '{root}/{folder}': {err}") from None
+            raise InvalidInput(f"cannot read {reader.__name__} files under '{root}/{folder}': {err}") from None
         n = len(full_train)
         n_val = min(5000, n // 10)  # the paper's 45k/5k split; small fakes keep 10% for validation
         train = Subset(full_train, range(0, n - n_val))
@@ -135,7 +136,7 @@ class _TinyImageNetVal(Dataset):
                 if len(fields) < 2:
                     continue
                 if fields[1] not in class_to_idx:
-                    raise UserError(f"{folder}/val_annotations.txt names class {fields[1]} absent from train/")
+                    raise InvalidInput(f"{folder}/val_annotations.txt names class {fields[1]} absent from train/")
                 self.samples.append((os.path.join(folder, "images", fields[0]), class_to_idx[fields[1]]))
 
     def __len__(self):
@@ -148,11 +149,11 @@ class _TinyImageNetVal(Dataset):
 
 def _image_folder(root, transform, what):
     if not os.path.isdir(root):
-        raise UserError(f"dataset path '{root}' not found: expected {what}")
+        raise InvalidInput(f"dataset path '{root}' not found: expected {what}")
     try:
         return tv_datasets.ImageFolder(root, transform=transform)
     except (FileNotFoundError, OSError) as err:
-        raise UserError(f"cannot read '{root}' as {what}: {err}") from None
+        raise InvalidInput(f"cannot read '{root}' as {what}: {err}") from None
 
 
 def _tiny_imagenet(root):
@@ -176,7 +177,7 @@ def _imagenet(root):
     train = _image_folder(os.path.join(root, "train"), train_tf, layout)
     val = _image_folder(os.path.join(root, "val"), test_tf, layout)
     if val.classes != train.classes:
-        raise UserError(f"'{root}/val' has {len(val.classes)} classes, '{root}/train' has {len(train.classes)}: they must match")
+        raise InvalidInput(f"'{root}/val' has {len(val.classes)} classes, '{root}/train' has {len(train.classes)}: they must match")
     spec = DatasetSpec(len(train.classes), 3, IMAGENET_MEAN, IMAGENET_STD, True, 224)
     return DataSplits(train, val, val, spec)
 
@@ -190,15 +191,21 @@ DATASETS = {
 }
 
 
+def model_for(arch, spec):
+    """Architecture `arch` built for a dataset with this DatasetSpec (classes,
+    input channels, normalisation, stem)."""
+    return build_model(arch, spec.num_classes, spec.in_channels, spec.mean, spec.std, spec.imagenet_stem)
+
+
 def dataset_names():
     return sorted(DATASETS)
 
 
 def load_dataset(name, root):
     """(train, val, test, spec) for `name`; unknown names and unreadable
-    paths raise UserError with the valid names / expected layout."""
+    paths raise InvalidInput with the valid names / expected layout."""
     if name not in DATASETS:
-        raise UserError(f"unknown dataset '{name}'; valid: {', '.join(dataset_names())}")
+        raise InvalidInput(f"unknown dataset '{name}'; valid: {', '.join(dataset_names())}")
     return DATASETS[name](root)
 
 

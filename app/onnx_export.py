@@ -5,7 +5,7 @@
 temporary file beside the target, runs `onnx.checker` on it, runs it in ONNX
 Runtime (CPU provider) on the check inputs — several batch sizes, so the
 dynamic batch is exercised — and compares with the PyTorch model. Only a
-file that passes is renamed to the target; otherwise one UserError line and
+file that passes is renamed to the target; otherwise one InvalidInput line and
 nothing at the target changes.
 """
 import contextlib
@@ -14,18 +14,18 @@ import io
 import torch
 
 from utils.checkpoint import staged_file
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
 
 def onnx_modules():
-    """(onnx, onnxruntime), or a UserError naming the missing package."""
+    """(onnx, onnxruntime), or a InvalidInput naming the missing package."""
     try:
         import onnx
         import onnxruntime
     except ImportError as err:
-        raise UserError(f"ONNX export needs the onnx and onnxruntime packages ({err.name} is missing): "
+        raise InvalidInput(f"ONNX export needs the onnx and onnxruntime packages ({err.name} is missing): "
                         "pip install -r requirements.txt") from None
     return onnx, onnxruntime
 
@@ -55,11 +55,11 @@ def export_onnx(model, inputs, path, tolerance=1e-4):
                                   input_names=[INPUT_NAME], output_names=[OUTPUT_NAME], external_data=False,
                                   optimize=False)
         except Exception as err:  # the exporter reports unsupported code with many exception types
-            raise UserError(f"ONNX export failed ({type(err).__name__}: {str(err).strip().splitlines()[0]})") from None
+            raise InvalidInput(f"ONNX export failed ({type(err).__name__}: {str(err).strip().splitlines()[0]})") from None
         try:
             onnx.checker.check_model(onnx.load(tmp), full_check=True)
         except Exception as err:
-            raise UserError(f"the exported ONNX model fails onnx.checker: {str(err).strip().splitlines()[0]}") from None
+            raise InvalidInput(f"the exported ONNX model fails onnx.checker: {str(err).strip().splitlines()[0]}") from None
         session = ort_session(tmp)
         error = 0.0
         with torch.no_grad():
@@ -67,6 +67,6 @@ def export_onnx(model, inputs, path, tolerance=1e-4):
                 got = torch.from_numpy(session.run([OUTPUT_NAME], {INPUT_NAME: x.numpy()})[0])
                 error = max(error, (got - model(x)).abs().max().item())
         if not error < tolerance:
-            raise UserError(f"ONNX Runtime's outputs differ from PyTorch's by {error:.2e} (limit {tolerance:.0e}); "
+            raise InvalidInput(f"ONNX Runtime's outputs differ from PyTorch's by {error:.2e} (limit {tolerance:.0e}); "
                             "not exported")
     return error

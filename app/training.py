@@ -1,6 +1,7 @@
 """The one training loop and evaluation function every script uses.
 
-`train_state` trains a (possibly masked) model for `args.epochs` epochs with
+`train_state` trains a (possibly masked) model for `train.epochs` epochs (a
+TrainConfig) with
 SGD + warm-up + step decay, evaluates validation and test accuracy after each
 epoch, writes `<prefix>checkpoint.pth.tar` every epoch and
 `<prefix>model_SA_best.pth.tar` whenever validation accuracy improves, and
@@ -24,24 +25,16 @@ from utils.errors import TrainingDiverged
 from utils.runtime import epoch_seed, seed_everything
 
 
-def milestones(args):
-    """Epochs at which the learning rate drops 10x: --decreasing_lr, or 50%
-    and 75% of the run when it is not given."""
-    if args.decreasing_lr:
-        return [int(x) for x in str(args.decreasing_lr).split(",") if x.strip()]
-    return [args.epochs // 2, (3 * args.epochs) // 4]
+def build_optimizer(model, train):
+    return torch.optim.SGD(model.parameters(), lr=train.lr, momentum=train.momentum, weight_decay=train.weight_decay)
 
 
-def build_optimizer(model, args):
-    return torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay)
-
-
-def build_scheduler(optimizer, args):
-    drops = milestones(args)
+def build_scheduler(optimizer, train):
+    drops = train.milestones()
 
     def factor(epoch):
-        if epoch < args.warmup:
-            return (epoch + 1) / args.warmup  # linear warm-up, per epoch
+        if epoch < train.warmup:
+            return (epoch + 1) / train.warmup  # linear warm-up, per epoch
         return 0.1 ** sum(epoch >= m for m in drops)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
@@ -124,25 +117,25 @@ def best_summary(result):
             "test_acc_at_best_val": result["test_acc"][best], "final_test_acc": result["test_acc"][-1]}
 
 
-def eval_loader(dataset, args, device, dist_ctx=None):
+def eval_loader(dataset, train, device, dist_ctx=None):
     """Loader over `dataset` (this rank's shard under DDP)."""
     if dist_ctx is not None:
         dataset = shard(dataset, dist_ctx)
-    return make_loader(dataset, args.batch_size, False, args.workers, pin_memory=device.type == "cuda")
+    return make_loader(dataset, train.batch_size, False, train.workers, pin_memory=device.type == "cuda")
 
 
-def train_loader(dataset, args, device, seed, dist_ctx=None):
+def train_loader(dataset, train, device, seed, dist_ctx=None):
     """This epoch's shuffled training loader; under DDP each rank draws its
     share of every global batch of --batch_size."""
     if dist_ctx is None:
-        return make_loader(dataset, args.batch_size, True, args.workers, seed=seed, pin_memory=device.type == "cuda")
+        return make_loader(dataset, train.batch_size, True, train.workers, seed=seed, pin_memory=device.type == "cuda")
     sampler = DistributedSampler(dataset, dist_ctx.world_size, dist_ctx.rank, shuffle=True, seed=seed)
-    per_rank = math.ceil(args.batch_size / dist_ctx.world_size)
-    return make_loader(dataset, per_rank, False, args.workers, seed=seed, sampler=sampler,
+    per_rank = math.ceil(train.batch_size / dist_ctx.world_size)
+    return make_loader(dataset, per_rank, False, train.workers, seed=seed, sampler=sampler,
                        pin_memory=device.type == "cuda")
 
 
-def train_state(model, data, args, device, *, state, checkpoint_file, best_file, extra, resume=None,
+def train_state(model, data, train, device, *, state, checkpoint_file, best_file, extra, resume=None,
                 on_epoch_start=None, save_weights=True, dist_ctx=None):
     """Train one IMP state (or one retraining run) and return its `result`.
 
@@ -155,29 +148,29 @@ def train_state(model, data, args, device, *, state, checkpoint_file, best_file,
     writer = dist_ctx is None or dist_ctx.is_main
     trained = model if dist_ctx is None else DistributedDataParallel(
         model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = build_optimizer(model, args)
-    scheduler = build_scheduler(optimizer, args)
-    scaler = torch.amp.GradScaler("cuda", enabled=args.amp and device.type == "cuda")
+    optimizer = build_optimizer(model, train)
+    scheduler = build_scheduler(optimizer, train)
+    scaler = torch.amp.GradScaler("cuda", enabled=train.amp and device.type == "cuda")
     result, best_sa, start = empty_result(), 0.0, 0
     if resume is not None:
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
         result = resume["result"]
         best_sa, start = resume["best_sa"], resume["epoch"]
-    amp = args.amp
-    val_loader = eval_loader(data.val, args, device, dist_ctx)
-    test_loader = eval_loader(data.test, args, device, dist_ctx)
-    for epoch in range(start, args.epochs):
+    amp = train.amp
+    val_loader = eval_loader(data.val, train, device, dist_ctx)
+    test_loader = eval_loader(data.test, train, device, dist_ctx)
+    for epoch in range(start, train.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)
-        seed = epoch_seed(args.seed, state, epoch)
+        seed = epoch_seed(train.seed, state, epoch)
         seed_everything(seed)
         tic = time.perf_counter()
         lr = optimizer.param_groups[0]["lr"]
-        loader = train_loader(data.train, args, device, seed, dist_ctx)
+        loader = train_loader(data.train, train, device, seed, dist_ctx)
         loss, train_acc = train_one_epoch(trained, loader, optimizer, device, amp=amp, scaler=scaler,
-                                          desc=f"state {state} epoch {epoch + 1}/{args.epochs}",
-                                          print_freq=args.print_freq, dist_ctx=dist_ctx)
+                                          desc=f"state {state} epoch {epoch + 1}/{train.epochs}",
+                                          print_freq=train.print_freq, dist_ctx=dist_ctx)
         scheduler.step()
         val_acc = evaluate(model, val_loader, device, amp, dist_ctx)
         test_acc = evaluate(model, test_loader, device, amp, dist_ctx)
@@ -187,7 +180,7 @@ def train_state(model, data, args, device, *, state, checkpoint_file, best_file,
             result[key].append(value)
         is_best = val_acc > best_sa
         best_sa = max(best_sa, val_acc)
-        print(f"state {state} epoch {epoch + 1:>3}/{args.epochs} | loss {loss:.4f} | train {train_acc:6.2f}% | "
+        print(f"state {state} epoch {epoch + 1:>3}/{train.epochs} | loss {loss:.4f} | train {train_acc:6.2f}% | "
               f"val {val_acc:6.2f}% | test {test_acc:6.2f}% | lr {lr:.4g} | {seconds:.1f}s", flush=True)
         if not math.isfinite(loss):
             raise TrainingDiverged(f"state {state} epoch {epoch + 1}: mean loss is {loss}")

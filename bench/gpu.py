@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 DTYPES = {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -17,7 +17,7 @@ def apply_precision(name):
     """Set cuDNN's and cuBLAS's TF32 switches for `name` (on only for tf32)
     and return the tensor dtype both sides compute in."""
     if name not in PRECISIONS:
-        raise UserError(f"unknown --dtype '{name}'; valid: {', '.join(PRECISIONS)}")
+        raise InvalidInput(f"unknown --dtype '{name}'; valid: {', '.join(PRECISIONS)}")
     torch.backends.cudnn.allow_tf32 = name == "tf32"
     torch.backends.cuda.matmul.allow_tf32 = name == "tf32"
     torch.backends.cudnn.benchmark = True

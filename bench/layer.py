@@ -7,7 +7,7 @@ import platform
 import torch
 
 from utils.checkpoint import add_trust_flag, load_file
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 def add_shape_args(parser):
@@ -32,7 +32,7 @@ def load_layer(args):
     weight = obj.get("weight") if isinstance(obj, dict) else obj
     if not isinstance(weight, torch.Tensor) or weight.dim() != 4:
         shape = tuple(weight.shape) if isinstance(weight, torch.Tensor) else type(weight).__name__
-        raise UserError(f"--kernel_file '{args.kernel_file}' does not hold a 4-D conv weight (got {shape})")
+        raise InvalidInput(f"--kernel_file '{args.kernel_file}' does not hold a 4-D conv weight (got {shape})")
     rec = obj if isinstance(obj, dict) else {}
     kh, kw = weight.shape[2:]
     geometry = {
@@ -46,13 +46,13 @@ def load_layer(args):
     for key, value in [("batch size", min(geometry["batches"])), ("height", geometry["height"]),
                        ("width", geometry["width"])]:
         if value < 1:
-            raise UserError(f"{key} must be at least 1, got {value}")
+            raise InvalidInput(f"{key} must be at least 1, got {value}")
     if min(geometry["stride"]) < 1 or min(geometry["padding"]) < 0:
-        raise UserError(f"strides must be >= 1 and paddings >= 0, got {geometry['stride']} / {geometry['padding']}")
+        raise InvalidInput(f"strides must be >= 1 and paddings >= 0, got {geometry['stride']} / {geometry['padding']}")
     out_h = (geometry["height"] + 2 * geometry["padding"][0] - kh) // geometry["stride"][0] + 1
     out_w = (geometry["width"] + 2 * geometry["padding"][1] - kw) // geometry["stride"][1] + 1
     if out_h < 1 or out_w < 1:
-        raise UserError(f"a {kh}x{kw} kernel does not fit a {geometry['height']}x{geometry['width']} input "
+        raise InvalidInput(f"a {kh}x{kw} kernel does not fit a {geometry['height']}x{geometry['width']} input "
                         f"with padding {geometry['padding']}")
     return weight.float(), geometry
 

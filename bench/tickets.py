@@ -23,7 +23,7 @@ from pruner.masking import apply_mask, load_plain_weights, refresh_masked_weight
 from pruner.refill import refill
 from pruner.regroup import regroup_layer
 from pruner.slim import slim
-from utils.errors import UserError
+from utils.errors import InvalidInput
 from bench.gpu import apply_precision, relative_error, rotating_inputs
 from utils.timing import eager_timings, graph_timings
 
@@ -122,7 +122,7 @@ def end_to_end_gpu(tickets, input_shape, precision, unit, kernel="triton", repea
         expected = copied(reference).to(device=device, dtype=torch.float64).eval()(inputs[0].double())
         error = relative_error(model(inputs[0]), expected)
         if not error < MODEL_TOLERANCE[precision]:
-            raise UserError(f"{name} differs from the masked model it implements: relative error {error:.2e} "
+            raise InvalidInput(f"{name} differs from the masked model it implements: relative error {error:.2e} "
                             f"(limit {MODEL_TOLERANCE[precision]:g} in {precision})")
         result["variants"][name] = {"error": error}
     timer = graph_timings if cuda_graphs else eager_timings

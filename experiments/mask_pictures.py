@@ -16,10 +16,9 @@ import torch  # noqa: E402
 
 from pruner.mask import Mask  # noqa: E402
 from pruner.refill import kept_channels  # noqa: E402
-from pruner.regroup import regroup_layer  # noqa: E402
-from app.arguments import add_parts_flag  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
 from utils.checkpoint import add_trust_flag  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 
 
 def get_args_parser():
@@ -28,11 +27,7 @@ def get_args_parser():
     add_trust_flag(p)
     p.add_argument("--layer", default=None, help="layer name (default: the masked layer with the most rows)")
     p.add_argument("--fillback_rate", type=float, default=0.0)
-    p.add_argument("--t1", type=float, default=1.5)
-    add_parts_flag(p)
-    p.add_argument("--nn", type=int, default=32)
-    p.add_argument("--b2", type=int, default=16)
-    p.add_argument("--regroup_unit", default="weight", choices=["weight", "channel"])
+    RegroupConfig.add_args(p)
     p.add_argument("--out", default="mask_pictures.png")
     return p
 
@@ -62,10 +57,10 @@ def main(args):
     mask = Mask.load(args.checkpoint, args.trust_checkpoint)
     name = args.layer or max(mask, key=lambda n: mask[n].shape[0])
     if name not in mask:
-        raise UserError(f"no masked layer '{name}' in '{args.checkpoint}'; masked layers: {', '.join(mask)}")
+        raise InvalidInput(f"no masked layer '{name}' in '{args.checkpoint}'; masked layers: {', '.join(mask)}")
     layer = mask[name]
     refilled = refill_by_remaining(layer, args.fillback_rate)
-    regrouped, info = regroup_layer(layer, args.t1, args.cn, args.nn, args.b2, 0, unit=args.regroup_unit)
+    regrouped, info = RegroupConfig.from_args(args, seed=0).regroup_layer(layer)
     order = block_order(info.blocks, layer.shape[0])
     panels = [("unstructured (IMP)", layer.flatten(1)),
               (f"refill: {kept_channels(layer, args.fillback_rate)}/{layer.shape[0]} channels", refilled.flatten(1)),

@@ -6,9 +6,10 @@ measured inference speedup per sparsity, in one JSON and two figures.
     python experiments/reproduce.py --quick              # a few minutes on 2 CPU cores
     python experiments/reproduce.py --out runs/reproduce # 8 states x 15 epochs, seeds 1 2
 
-Every run is the entry script's own `main` (built from its own parser),
-called in-process, writing to OUT/seed<s>/<method>[/state<i>]; its log goes
-to log.txt beside its summary.json. Re-running with the same --out skips the
+Every run is a call of the API the entry scripts adapt (app.imp.run_imp,
+app.retrain.retrain) on configs composed here, in-process, writing to
+OUT/seed<s>/<method>[/state<i>]; its log goes to log.txt beside its
+summary.json. Re-running with the same --out skips the
 runs whose summary says they finished, resumes the ones that were cut off
 (--resume), and refuses an --out made with other training settings. Speed
 is measured again on every invocation, on the device the runs used.
@@ -26,19 +27,18 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-import main_eval_fillback  # noqa: E402
-import main_eval_regroup_retrain  # noqa: E402
-import main_imp  # noqa: E402
+from app.config import ImpConfig, RefillConfig, RegroupConfig, RetrainConfig, TrainConfig  # noqa: E402
+from app.imp import run_imp  # noqa: E402
+from app.retrain import retrain  # noqa: E402
 from models import build_model, model_names  # noqa: E402
 from kernels.regrouped import regroup_model  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
-from pruner.regroup import UNITS, LayerRegroup, parts_for  # noqa: E402
-from app.arguments import add_parts_flag  # noqa: E402
+from pruner.regroup import LayerRegroup, parts_for  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.checkpoint import add_trust_flag, best_path, checkpoint_path, latest_checkpoint, load_file, state_dict_of  # noqa: E402
 from app.datasets import dataset_names, load_dataset  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
 from utils.timing import alternating_medians  # noqa: E402
@@ -87,11 +87,8 @@ def get_args_parser():
                    help=f"IMP states, dense state 0 included (default {FULL['pruning_times']})")
     p.add_argument("--rate", type=float, default=0.2, help="share of the remaining weights IMP prunes per state")
     p.add_argument("--fillback_rate", type=float, default=0.2, help="refill+ rate (refill uses 0)")
-    p.add_argument("--b2", type=int, default=4,
-                   help="regroup: a part becomes a block only with more than b2 rows (4 lets res20s's 64-channel "
-                        "layers form blocks; the scripts' 16 suits wider networks)")
-    add_parts_flag(p)
-    p.add_argument("--regroup_unit", default="weight", choices=UNITS, help="regroup column: one weight or one channel")
+    # b2 4 (not 16) lets res20s's 64-channel layers form blocks; 16 suits wider networks.
+    RegroupConfig.add_args(p, skip=("t1", "nn", "partitioner", "round_to"), b2=4)
     p.add_argument("--bench_batch", type=int, default=128, help="images per timed forward pass")
     p.add_argument("--bench_repeats", type=int, default=None,
                    help=f"timed forward passes per model, median reported (default {FULL['bench_repeats']}, "
@@ -102,12 +99,12 @@ def get_args_parser():
 def check_args(args):
     """Fill the --quick / full defaults and reject bad input before any run starts."""
     if args.dataset not in dataset_names():
-        raise UserError(f"unknown --dataset '{args.dataset}'; valid: {', '.join(dataset_names())}")
+        raise InvalidInput(f"unknown --dataset '{args.dataset}'; valid: {', '.join(dataset_names())}")
     if args.arch not in model_names():
-        raise UserError(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
+        raise InvalidInput(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
-        raise UserError(f"unknown method '{unknown[0]}'; valid: {', '.join(METHODS)}")
+        raise InvalidInput(f"unknown method '{unknown[0]}'; valid: {', '.join(METHODS)}")
     args.methods = [m for m in METHODS if m in args.methods or m == "imp"]
     args.seeds = list(dict.fromkeys(args.seeds))
     for key, value in (QUICK if args.quick else FULL).items():
@@ -115,11 +112,12 @@ def check_args(args):
             setattr(args, key, value)
     for key in ("epochs", "pruning_times", "bench_batch", "bench_repeats"):
         if getattr(args, key) < 1:
-            raise UserError(f"--{key} must be at least 1, got {getattr(args, key)}")
+            raise InvalidInput(f"--{key} must be at least 1, got {getattr(args, key)}")
     if args.pruning_times < 2:
-        raise UserError("--pruning_times must be at least 2: the retraining methods start from IMP states >= 1")
+        raise InvalidInput("--pruning_times must be at least 2: the retraining methods start from IMP states >= 1")
     if not 0.0 < args.fillback_rate <= 1.0:
-        raise UserError(f"--fillback_rate (refill+) must be in (0, 1], got {args.fillback_rate}")
+        raise InvalidInput(f"--fillback_rate (refill+) must be in (0, 1], got {args.fillback_rate}")
+    RegroupConfig.from_args(args)  # refuses bad regroup settings before any run
 
 
 def training_config(args):
@@ -136,7 +134,7 @@ def claim_out_dir(args):
             earlier = json.load(f)
         changed = [f"--{k} {earlier.get(k)} -> {v}" for k, v in config.items() if earlier.get(k) != v]
         if changed:
-            raise UserError(f"--out '{args.out}' holds runs made with other settings ({', '.join(changed)}); "
+            raise InvalidInput(f"--out '{args.out}' holds runs made with other settings ({', '.join(changed)}); "
                             "choose another --out or repeat the earlier settings to resume")
     os.makedirs(args.out, exist_ok=True)
     with open(path, "w") as f:
@@ -145,66 +143,62 @@ def claim_out_dir(args):
 
 # ---- running the entry scripts ------------------------------------------------------------------------------
 
-def run_script(module, argv, save_dir, finished, what):
-    """The script's main on argv (+ --save_dir), unless its summary already
-    says `finished`; a run with checkpoints but no finished summary resumes.
-    Its stdout goes to save_dir/log.txt. Returns the summary."""
+def run_logged(run, save_dir, finished, what):
+    """run(resume) unless save_dir's summary already says `finished`; a run
+    with checkpoints but no finished summary resumes. Its stdout goes to
+    save_dir/log.txt. Returns the summary."""
     summary = read_summary(save_dir)
     if summary is not None and finished(summary):
         print(f"  {what}: finished earlier, skipped", flush=True)
         return summary
-    cut_off = latest_checkpoint(save_dir) or os.path.exists(checkpoint_path(save_dir))
-    args = module.get_args_parser().parse_args(argv + ["--save_dir", save_dir] + (["--resume"] if cut_off else []))
+    cut_off = bool(latest_checkpoint(save_dir) or os.path.exists(checkpoint_path(save_dir)))
     os.makedirs(save_dir, exist_ok=True)
     tic = time.perf_counter()
     with open(os.path.join(save_dir, "log.txt"), "a") as log, contextlib.redirect_stdout(log):
-        module.main(args)
+        run(cut_off)
     print(f"  {what}: {'resumed and ' if cut_off else ''}done in {time.perf_counter() - tic:.1f} s", flush=True)
     return read_summary(save_dir)
 
 
-def imp_flags(method, args):
-    if method == "imp_refill":
-        return ["--fillback", "--criteria", "magnitude", "--fillback_rate", "0"]
-    if method == "imp_refill_plus":
-        return ["--fillback", "--criteria", "magnitude", "--fillback_rate", str(args.fillback_rate)]
-    if method == "imp_regroup":
-        return ["--regroup", *regroup_flags(args)]
-    return []
-
-
-def regroup_flags(args):
-    return ["--b2", str(args.b2), "--cn", str(args.cn), "--regroup_unit", args.regroup_unit]
-
-
-def retrain_script(method, args):
-    if method == "regroup":
-        return main_eval_regroup_retrain, regroup_flags(args)
-    rate = args.fillback_rate if method == "refill_plus" else 0.0
-    return main_eval_fillback, ["--criterion", "magnitude", "--fillback-rate", str(rate)]
+def post_processing(method, seed, args):
+    """The RefillConfig / RegroupConfig a method applies to a mask (None for plain IMP)."""
+    if method in ("imp_refill", "refill"):
+        return RefillConfig(criterion="magnitude", fillback_rate=0.0)
+    if method in ("imp_refill_plus", "refill_plus"):
+        return RefillConfig(criterion="magnitude", fillback_rate=args.fillback_rate)
+    if method in ("imp_regroup", "regroup"):
+        return RegroupConfig(b2=args.b2, cn=args.cn, regroup_unit=args.regroup_unit, seed=seed)
+    return None
 
 
 def run_seed(seed, args):
     """Train every method for one seed; returns {method: [(state, summary record, best checkpoint)]}."""
-    common = ["--dataset", args.dataset, "--data", args.data, "--arch", args.arch, "--seed", str(seed),
-              "--epochs", str(args.epochs)] + (["--gpu", str(args.gpu)] if args.gpu is not None else [])
+    train = TrainConfig(dataset=args.dataset, data=args.data, arch=args.arch, seed=seed, epochs=args.epochs,
+                        gpu=args.gpu)
     root = os.path.join(args.out, f"seed{seed}")
     states = {}
     for method in (m for m in args.methods if m.startswith("imp")):
         save_dir = os.path.join(root, method)
-        argv = common + ["--pruning_times", str(args.pruning_times), "--rate", str(args.rate)] + imp_flags(method, args)
-        summary = run_script(main_imp, argv, save_dir, lambda s: len(s["states"]) == args.pruning_times,
-                             f"seed {seed} {LABELS[method]}")
+        post = post_processing(method, seed, args)
+        cfg = ImpConfig(train.replace(save_dir=save_dir), pruning_times=args.pruning_times, rate=args.rate,
+                        refilling=post if isinstance(post, RefillConfig) else None,
+                        regrouping=post if isinstance(post, RegroupConfig) else None)
+        summary = run_logged(lambda resume: run_imp(cfg.replace(train=cfg.train.replace(resume=resume))), save_dir,
+                             lambda s: len(s["states"]) == args.pruning_times, f"seed {seed} {LABELS[method]}")
         states[method] = [(r["state"], r, best_path(save_dir, r["state"])) for r in summary["states"]]
     imp_dir = os.path.join(root, "imp")
     for method in (m for m in args.methods if not m.startswith("imp")):
-        module, flags = retrain_script(method, args)
+        post = post_processing(method, seed, args)
         states[method] = []
         for state in range(1, args.pruning_times):
             ticket = checkpoint_path(imp_dir, state)  # the trained state-i weights IMP pruned from, and its rewind point
             save_dir = os.path.join(root, method, f"state{state}")
-            argv = common + ["--pretrained", ticket, "--mask_dir", ticket, "--prune-type", "lt", "--save_model"] + flags
-            summary = run_script(module, argv, save_dir, lambda s: True,  # written once, when the run ends
+
+            def run(resume, ticket=ticket, save_dir=save_dir):
+                cfg = RetrainConfig(train.replace(save_dir=save_dir, pretrained=ticket, resume=resume),
+                                    mask_dir=ticket, prune_type="lt", save_model=True)
+                retrain(cfg, post)
+            summary = run_logged(run, save_dir, lambda s: True,  # written once, when the run ends
                                  f"seed {seed} {LABELS[method]} state {state}")
             states[method].append((state, summary["states"][0], best_path(save_dir)))
     return states
@@ -257,7 +251,7 @@ def structured_model(masked, path, structure, args, x):
         how = "regrouped (layers: " + ", ".join(f"{n} {kind}" for kind, n in counts.items()) + ")"
     diff = (model(x.cpu()) - masked(x.cpu())).abs().max().item()
     if diff > 1e-3:
-        raise UserError(f"{path}: the {how} model differs from the masked ticket by {diff:.2e}")
+        raise InvalidInput(f"{path}: the {how} model differs from the masked ticket by {diff:.2e}")
     return model, how
 
 

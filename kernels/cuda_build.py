@@ -12,7 +12,7 @@ import os
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 # The kernel (nvcc, CUDA runtime only) and its PyTorch binding (the host compiler).
@@ -51,7 +51,7 @@ def wheel_include_dirs():
 def build_regroup_kernel(verbose=False):
     """The compiled extension module (its `forward` runs the kernel)."""
     if torch.version.cuda is None:
-        raise UserError("this PyTorch build has no CUDA support: install a CUDA build to compile the kernel")
+        raise InvalidInput("this PyTorch build has no CUDA support: install a CUDA build to compile the kernel")
     toolkit = os.environ.get("CUDA_HOME")
     if not toolkit and os.path.isdir("/usr/local/cuda"):
         # The toolkit's own folder (include/, lib64/libcudart.so), not nvcc's /usr/local/bin parent,
@@ -76,5 +76,5 @@ def build_regroup_kernel(verbose=False):
                                   extra_include_paths=wheel_include_dirs(), build_directory=build_dir,
                                   verbose=verbose)
     except (RuntimeError, OSError, ImportError) as err:
-        raise UserError(f"building the regrouped-convolution kernel failed (nvcc, CUDA {torch.version.cuda}, "
+        raise InvalidInput(f"building the regrouped-convolution kernel failed (nvcc, CUDA {torch.version.cuda}, "
                         f"sm_{'/sm_'.join(archs)}): {str(err).strip().splitlines()[-1]}") from None

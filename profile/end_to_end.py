@@ -36,10 +36,9 @@ from pruner.fold_bn import fold_batchnorm  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
 from kernels.permuted import permuted_model  # noqa: E402
-from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
-from app.arguments import add_parts_flag  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
 from utils.checkpoint import add_trust_flag, load_file, plain_weights, state_dict_of  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import flops_share, masked_flops, model_flops  # noqa: E402
 from bench.gpu import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
@@ -57,11 +56,8 @@ def get_args_parser():
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--batch_size", type=int, nargs="+", default=[64], help="one or several batch sizes")
     p.add_argument("--repeats", type=int, default=None, help="timed runs (default: 50 on a GPU, 10 on the CPU)")
-    p.add_argument("--t1", type=float, default=1.5)
-    add_parts_flag(p)
-    p.add_argument("--nn", type=int, default=32)
-    p.add_argument("--b2", type=int, default=16)
-    p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"])
+    # The channel unit by default: its form runs fast without a GPU (kernels.permuted) and exports to ONNX.
+    RegroupConfig.add_args(p, regroup_unit="channel")
     p.add_argument("--gpu", type=int, default=None)
     add_trust_flag(p)
     g = p.add_argument_group("GPU")
@@ -76,11 +72,11 @@ def ticket_model(args):
     ckpt = load_file(args.checkpoint, "checkpoint", args.trust_checkpoint)
     state_dict = state_dict_of(ckpt, args.checkpoint)
     if not Mask.from_state_dict(state_dict):
-        raise UserError(f"'{args.checkpoint}' holds no masks: give a ticket (an IMP checkpoint)")
+        raise InvalidInput(f"'{args.checkpoint}' holds no masks: give a ticket (an IMP checkpoint)")
     saved = ckpt.get("args", {}) if isinstance(ckpt, dict) else {}
     arch = args.arch or saved.get("arch")
     if arch is None:
-        raise UserError(f"'{args.checkpoint}' does not name its architecture: pass --arch")
+        raise InvalidInput(f"'{args.checkpoint}' does not name its architecture: pass --arch")
     plain = plain_weights(state_dict)
     classifier = [v for k, v in plain.items() if k.endswith(("fc.weight", "classifier.weight"))]
     num_classes = args.num_classes or (classifier[0].shape[0] if classifier else 10)
@@ -92,15 +88,13 @@ def ticket_model(args):
 
 @torch.no_grad()
 def main(args):
-    check_regroup_args(args.t1, args.cn, args.nn, args.b2, args.regroup_unit)
+    regroup = RegroupConfig.from_args(args, seed=0)
     if min(args.batch_size) < 1 or args.image_size < 1:
-        raise UserError(f"batch sizes and --image_size must be at least 1, got {args.batch_size} / {args.image_size}")
+        raise InvalidInput(f"batch sizes and --image_size must be at least 1, got {args.batch_size} / {args.image_size}")
     device = select_device(args.gpu)
     masked, in_channels = ticket_model(args)
     mask = Mask.from_model(masked)
-    tickets = build_tickets(masked, mask, functools.partial(
-        regroup_mask, t1=args.t1, cn=args.cn, nn=args.nn, b2=args.b2, seed=0, partitioner="greedy",
-        unit=args.regroup_unit))
+    tickets = build_tickets(masked, mask, regroup.regroup)
     infos = tickets["infos"]
     share = flops_share(tickets["dense"], (1, in_channels, args.image_size, args.image_size),
                         [name for name, info in infos.items() if not info.kept_mask])
@@ -111,7 +105,7 @@ def main(args):
     if device.type == "cuda":
         return gpu_tables(args, tickets, in_channels, device)
     if args.dtype not in (None, "fp32"):
-        raise UserError(f"--dtype {args.dtype}: the CPU paths compute in fp32 (other precisions need a GPU)")
+        raise InvalidInput(f"--dtype {args.dtype}: the CPU paths compute in fp32 (other precisions need a GPU)")
     print(environment_line(device))
     return {batch: cpu_table(args, tickets, mask, (batch, in_channels, args.image_size, args.image_size))
             for batch in args.batch_size}
@@ -153,7 +147,7 @@ def cpu_table(args, tickets, mask, shape):
         if ref is not None:
             diffs[name] = (model(x) - ref.eval()(x)).abs().max().item()
             if diffs[name] > 1e-3:
-                raise UserError(f"{name} differs from the masked model it implements by {diffs[name]:.2e}")
+                raise InvalidInput(f"{name} differs from the masked model it implements by {diffs[name]:.2e}")
     seconds = alternating_medians({name: functools.partial(model, x) for name, (model, _, _) in variants.items()},
                                   torch.device("cpu"), args.repeats or 10)
     executed = {name: model_flops(model, one) for name, (model, _, _) in variants.items()}  # caches warm: steady state

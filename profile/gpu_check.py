@@ -38,7 +38,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from utils.checkpoint import summary_path  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHECK_CASES = [  # (c_out, c_in, k, stride, padding, dilation, batch, size)
@@ -326,7 +326,7 @@ def _ratio(t):
 
 def main(args):
     if not torch.cuda.is_available():
-        raise UserError("profile/gpu_check.py needs a CUDA GPU, and PyTorch sees none (torch.cuda.is_available() is False)")
+        raise InvalidInput("profile/gpu_check.py needs a CUDA GPU, and PyTorch sees none (torch.cuda.is_available() is False)")
     from bench.gpu import versions, versions_line
     os.makedirs(args.out, exist_ok=True)
     report = Report(args.out)
@@ -353,7 +353,7 @@ def main(args):
         f.write(text)
     print(text)
     if report.failed:
-        raise UserError(f"{len(report.failed)} section(s) failed: {', '.join(report.failed)} (see {args.out}/report.json)")
+        raise InvalidInput(f"{len(report.failed)} section(s) failed: {', '.join(report.failed)} (see {args.out}/report.json)")
 
 
 if __name__ == "__main__":

@@ -33,10 +33,9 @@ from kernels.grouped import grouped_model  # noqa: E402
 from pruner.magnitude import global_magnitude_prune  # noqa: E402
 from pruner.masking import apply_mask  # noqa: E402
 from pruner.refill import refill  # noqa: E402
-from pruner.regroup import regroup_mask  # noqa: E402
 from pruner.slim import slim  # noqa: E402
-from app.arguments import add_parts_flag  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
 from utils.timing import alternating_medians  # noqa: E402
@@ -54,10 +53,7 @@ def get_args_parser():
     p.add_argument("--round_to", type=int, default=16, metavar="N", help="channel multiple of the rounded slim ticket")
     p.add_argument("--batch_size", type=int, nargs="+", default=[1, 64])
     p.add_argument("--repeats", type=int, default=15, help="timed runs per model and runtime (medians)")
-    add_parts_flag(p)
-    p.add_argument("--b2", type=int, default=16, help="regroup: a part becomes a block with more than b2 rows")
-    p.add_argument("--nn", type=int, default=32, help="regroup: row tile")
-    p.add_argument("--t1", type=float, default=1.5, help="regroup: column threshold")
+    RegroupConfig.add_args(p, skip=("regroup_unit", "partitioner"))  # the channel unit: ONNX has grouped convs
     p.add_argument("--gpu", type=int, default=None, help="run the PyTorch side on this GPU")
     p.add_argument("--out", default=None, help="also write the table as JSON to this file")
     return p
@@ -76,7 +72,7 @@ def variants(dense, args, sparsity):
         apply_mask(model, refill(model, mask, "magnitude", 0.0, None, round_to))
         out["slim" if round_to == 1 else f"slim, round {round_to}"] = slim(model)
     model, mask = masked_copy()
-    new_mask, _ = regroup_mask(mask, args.t1, args.cn, args.nn, args.b2, unit="channel")
+    new_mask, _ = RegroupConfig.from_args(args, regroup_unit="channel", round_to=1, seed=0).regroup(mask)
     apply_mask(model, new_mask)
     out["regrouped"] = grouped_model(model, "channel", args.cn, args.b2)[0]
     return out
@@ -91,9 +87,9 @@ def runtimes():
 @torch.no_grad()
 def main(args):
     if args.round_to < 1 or min(args.batch_size) < 1 or args.repeats < 1:
-        raise UserError("--round_to, --batch_size and --repeats must be positive")
+        raise InvalidInput("--round_to, --batch_size and --repeats must be positive")
     if args.arch not in model_names():
-        raise UserError(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
+        raise InvalidInput(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
     device = select_device(args.gpu)
     torch.manual_seed(0)
     dense = trained_looking(build_model(args.arch, args.num_classes, 3))

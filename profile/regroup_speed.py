@@ -22,8 +22,8 @@ import torch  # noqa: E402
 
 from pruner.mask import Mask  # noqa: E402
 from pruner.partition import connectivity, partition_rows  # noqa: E402
-from pruner.regroup import parts_for, regroup_mask, report  # noqa: E402
-from app.arguments import add_parts_flag  # noqa: E402
+from pruner.regroup import parts_for, report  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
 from utils.checkpoint import add_trust_flag  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
@@ -34,12 +34,8 @@ def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("checkpoint", help="checkpoint with masks (e.g. main_imp.py's {i}checkpoint.pth.tar)")
     add_trust_flag(p)
-    p.add_argument("--t1", type=float, default=1.5)
-    add_parts_flag(p)
-    p.add_argument("--nn", type=int, default=32)
-    p.add_argument("--b2", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--regroup_unit", default="weight", choices=["weight", "channel"])
+    RegroupConfig.add_args(p, skip=("partitioner",))  # both partitioners run
+    p.add_argument("--seed", type=int, default=0, help="the partitioners' seed")
     p.add_argument("--skip_reference", action="store_true", help="do not run Mt-KaHyPar (it takes about a minute)")
     return p
 
@@ -53,9 +49,9 @@ def main(args):
     torch.set_num_threads(2)
     print(f"{args.checkpoint}: {len(mask)} masked layers, sparsity {100 * mask.sparsity():.2f}% | "
           f"{os.cpu_count()} CPU cores | t1 {args.t1} cn {args.cn} nn {args.nn} b2 {args.b2} unit {args.regroup_unit}")
-    knobs = (args.t1, args.cn, args.nn, args.b2, args.seed)
+    regroup = RegroupConfig.from_args(args, partitioner="greedy")
     tic = time.perf_counter()
-    new_mask, infos = regroup_mask(mask, *knobs, "greedy", args.regroup_unit)
+    new_mask, infos = regroup.regroup(mask)
     seconds = time.perf_counter() - tic
     print(report(infos))
     kept = weighted_kept(mask, infos)
@@ -81,7 +77,7 @@ def main(args):
         print(f"  {name:<24} {str(grid.shape[0]) + 'x' + str(grid.shape[1]):>12} {row['greedy'][0]:>8} "
               f"{row['greedy'][1]:6.2f} {row['mtkahypar'][0]:>9} {row['mtkahypar'][1]:6.2f} {ratio:7.4f}")
     tic = time.perf_counter()
-    _, ref_infos = regroup_mask(mask, *knobs, "mtkahypar", args.regroup_unit)
+    _, ref_infos = regroup.replace(partitioner="mtkahypar").regroup(mask)
     ref_seconds = time.perf_counter() - tic
     ref_kept = weighted_kept(mask, ref_infos)
     print(f"total connectivity: greedy {totals['greedy']} vs mtkahypar {totals['mtkahypar']} "

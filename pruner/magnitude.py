@@ -8,7 +8,7 @@ import torch
 
 from pruner.mask import Mask
 from pruner.masking import current_mask, masked_weight
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 def _keep_all_but_smallest(scores, count):
@@ -29,7 +29,7 @@ def global_magnitude_prune(model, rate, include_stem=False):
     """The next IMP mask: the current one minus the `rate` fraction of its
     remaining weights with the smallest |weight| (rounded to whole weights)."""
     if not 0.0 < rate < 1.0:
-        raise UserError(f"pruning rate must be in (0, 1), got {rate}")
+        raise InvalidInput(f"pruning rate must be in (0, 1), got {rate}")
     mask = current_mask(model, include_stem)
     modules = dict(model.named_modules())
     names = list(mask)

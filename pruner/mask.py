@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from utils.checkpoint import load_file, save_atomic, state_dict_of
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 MASK_SUFFIX = ".weight_mask"
 
@@ -32,7 +32,7 @@ class Mask(dict):
             return cls({k: v.float() for k, v in obj["masks"].items()})
         mask = cls.from_state_dict(state_dict_of(obj, path))
         if not mask:
-            raise UserError(f"'{path}' holds no masks (no '<layer>{MASK_SUFFIX}' entries in its state dict)")
+            raise InvalidInput(f"'{path}' holds no masks (no '<layer>{MASK_SUFFIX}' entries in its state dict)")
         return mask
 
     def save(self, path):
@@ -54,20 +54,20 @@ class Mask(dict):
         return {name: float(m.count_nonzero()) / m.numel() for name, m in self.items()}
 
     def validate(self, model):
-        """Raise UserError unless every entry names a conv of `model` with a
+        """Raise InvalidInput unless every entry names a conv of `model` with a
         matching shape and holds only 0s and 1s."""
         modules = dict(model.named_modules())
         for name, m in self.items():
             module = modules.get(name)
             if not isinstance(module, nn.Conv2d):
                 convs = [n for n, mod in modules.items() if isinstance(mod, nn.Conv2d)]
-                raise UserError(f"mask layer '{name}' is not a convolution of this model "
+                raise InvalidInput(f"mask layer '{name}' is not a convolution of this model "
                                 f"(its convolutions: {', '.join(convs[:4])}, ... {len(convs)} in all)")
             if tuple(m.shape) != tuple(module.weight.shape):
-                raise UserError(f"mask layer '{name}' has shape {tuple(m.shape)}, the model's weight is "
+                raise InvalidInput(f"mask layer '{name}' has shape {tuple(m.shape)}, the model's weight is "
                                 f"{tuple(module.weight.shape)}")
             if not torch.all((m == 0) | (m == 1)):
-                raise UserError(f"mask layer '{name}' holds values other than 0 and 1")
+                raise InvalidInput(f"mask layer '{name}' holds values other than 0 and 1")
 
     def report(self):
         """Per-layer density lines, as printed after each pruning round."""

@@ -11,7 +11,7 @@ from torch.nn.utils import prune
 
 from pruner.mask import Mask
 from utils.checkpoint import plain_weights
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 def conv_layers(model):
@@ -99,7 +99,7 @@ def load_plain_weights(model, plain):
 
 
 def check_compatible(model, plain, source, hint=""):
-    """UserError unless `plain` (a plain state dict) has exactly the model's
+    """InvalidInput unless `plain` (a plain state dict) has exactly the model's
     parameter and buffer names and shapes; `source` names where it came from
     ("--checkpoint 'x'"), `hint` ends the message."""
     expected = {k: tuple(v.shape) for k, v in plain_weights(model.state_dict()).items()}
@@ -110,7 +110,7 @@ def check_compatible(model, plain, source, hint=""):
     if missing or extra or wrong:
         detail = (f"missing {missing[0]}" if missing else f"unexpected {extra[0]}" if extra
                   else f"{wrong[0]} has shape {given[wrong[0]]}, expected {expected[wrong[0]]}")
-        raise UserError(f"{source} holds weights that do not fit this architecture ({detail}; "
+        raise InvalidInput(f"{source} holds weights that do not fit this architecture ({detail}; "
                         f"{len(missing)} missing, {len(extra)} unexpected, {len(wrong)} misshapen){hint}")
 
 

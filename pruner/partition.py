@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 def max_part_size(rows, k, eps):
@@ -156,7 +156,7 @@ PARTITIONERS = {"greedy": greedy_partition, "mtkahypar": mtkahypar_partition}
 
 def partition_rows(mask, k, eps=0.1, seed=0, partitioner="greedy"):
     if partitioner not in PARTITIONERS:
-        raise UserError(f"unknown partitioner '{partitioner}'; valid: {', '.join(sorted(PARTITIONERS))}")
+        raise InvalidInput(f"unknown partitioner '{partitioner}'; valid: {', '.join(sorted(PARTITIONERS))}")
     if mask.shape[0] <= 1 or k == 1:
         return np.zeros(mask.shape[0], dtype=np.int64)
     return PARTITIONERS[partitioner](mask, k, eps, seed)

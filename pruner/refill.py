@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from pruner.mask import Mask
 from pruner.masking import masked_weight
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 def kept_channels(layer_mask, rate, round_to=1):
@@ -58,7 +58,7 @@ def _feature_scores(kind):
     """Scores from the output feature maps of each masked conv on `batch`."""
     def score(model, mask, batch):
         if batch is None:
-            raise UserError(f"refill criterion '{kind}' needs a batch of training data")
+            raise InvalidInput(f"refill criterion '{kind}' needs a batch of training data")
         modules = dict(model.named_modules())
         outputs, handles = {}, []
 
@@ -115,15 +115,15 @@ def criterion_names():
 
 def check_refill_args(criterion, rate, round_to=1):
     if criterion not in CRITERIA:
-        raise UserError(f"unknown refill criterion '{criterion}'; valid: {', '.join(criterion_names())}")
+        raise InvalidInput(f"unknown refill criterion '{criterion}'; valid: {', '.join(criterion_names())}")
     if not 0.0 <= rate <= 1.0:
-        raise UserError(f"fill-back rate must be in [0, 1], got {rate}")
+        raise InvalidInput(f"fill-back rate must be in [0, 1], got {rate}")
     check_round_to(round_to)
 
 
 def check_round_to(round_to):
     if isinstance(round_to, bool) or not isinstance(round_to, int) or round_to < 1:
-        raise UserError(f"--round_to must be a positive whole number of channels (1 = no rounding), got {round_to}")
+        raise InvalidInput(f"--round_to must be a positive whole number of channels (1 = no rounding), got {round_to}")
 
 
 def channel_scores(model, mask, criterion, batch=None):

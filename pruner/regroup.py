@@ -34,7 +34,7 @@ import torch
 from pruner.mask import Mask
 from pruner.partition import partition_rows
 from pruner.refill import check_round_to, round_up
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 UNITS = ("weight", "channel")
 AUTO_PARTS = "auto"
@@ -77,26 +77,26 @@ class LayerRegroup:
 
 def check_regroup_args(t1, cn, nn, b2, unit="weight", round_to=1):
     if not t1 > 0:
-        raise UserError(f"t1 must be positive, got {t1}")
+        raise InvalidInput(f"t1 must be positive, got {t1}")
     if cn != AUTO_PARTS and (not isinstance(cn, int) or isinstance(cn, bool) or cn < 1):
-        raise UserError(f"cn (parts per layer) must be a whole number >= 1 or '{AUTO_PARTS}', got '{cn}'")
+        raise InvalidInput(f"cn (parts per layer) must be a whole number >= 1 or '{AUTO_PARTS}', got '{cn}'")
     if nn < 1:
-        raise UserError(f"nn (row tile) must be at least 1, got {nn}")
+        raise InvalidInput(f"nn (row tile) must be at least 1, got {nn}")
     if b2 < 0:
-        raise UserError(f"b2 (minimum rows of a block) must be at least 0, got {b2}")
+        raise InvalidInput(f"b2 (minimum rows of a block) must be at least 0, got {b2}")
     if unit not in UNITS:
-        raise UserError(f"unknown regroup unit '{unit}'; valid: {', '.join(UNITS)}")
+        raise InvalidInput(f"unknown regroup unit '{unit}'; valid: {', '.join(UNITS)}")
     check_round_to(round_to)
     if round_to > 1 and unit != "channel":
-        raise UserError(f"--round_to {round_to} rounds whole input channels: use it with --regroup_unit channel")
+        raise InvalidInput(f"--round_to {round_to} rounds whole input channels: use it with --regroup_unit channel")
 
 
 def _check_mask(mask):
     if not isinstance(mask, torch.Tensor) or mask.dim() != 2:
         shape = tuple(mask.shape) if isinstance(mask, torch.Tensor) else type(mask).__name__
-        raise UserError(f"regroup needs a 2-D mask [c_out, c_in*kh*kw], got {shape}")
+        raise InvalidInput(f"regroup needs a 2-D mask [c_out, c_in*kh*kw], got {shape}")
     if not torch.all((mask == 0) | (mask == 1)):
-        raise UserError("regroup needs a binary mask (only 0 and 1)")
+        raise InvalidInput("regroup needs a binary mask (only 0 and 1)")
 
 
 def part_columns(sub, t1, round_to=1):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from app.datasets import load_dataset
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 def test_digits_split_is_fixed_stratified_and_complete():
@@ -104,10 +104,10 @@ def test_tiny_imagenet_with_val_annotations(tmp_path):
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagenet", "tiny-imagenet"])
 def test_missing_path_names_path_and_layout(name, tmp_path):
     missing = tmp_path / "nowhere"
-    with pytest.raises(UserError, match="nowhere.*expected|nowhere.* lacks"):
+    with pytest.raises(InvalidInput, match="nowhere.*expected|nowhere.* lacks"):
         load_dataset(name, str(missing))
 
 
 def test_unknown_dataset_lists_valid_names():
-    with pytest.raises(UserError, match="valid: cifar10, cifar100, digits"):
+    with pytest.raises(InvalidInput, match="valid: cifar10, cifar100, digits"):
         load_dataset("mnist", "x")

@@ -13,7 +13,7 @@ from pruner.masking import apply_mask
 from pruner.refill import kept_channels, refill
 from pruner.regroup import find_blocks, regroup_layer, regroup_mask
 from pruner.slim import slim
-from utils.errors import UserError
+from utils.errors import InvalidInput
 from app.onnx_export import export_onnx
 from bench.tickets import trained_looking
 
@@ -33,7 +33,7 @@ def test_round_to_one_is_the_papers_k_and_bad_values_are_refused(ticket):
     m[:3] = 1  # 3 channels' worth
     assert [kept_channels(m, 0.0, n) for n in (1, 2, 4, 16, 32)] == [3, 4, 4, 16, 20]  # capped at c_out
     for bad in (0, -4, 2.5):
-        with pytest.raises(UserError, match="--round_to must be a positive whole number"):
+        with pytest.raises(InvalidInput, match="--round_to must be a positive whole number"):
             refill(model, mask, round_to=bad)
 
 
@@ -52,7 +52,7 @@ def test_rounded_channel_regroup_blocks_hold_a_multiple_of_n_input_channels():
     grid[:, :3] = 1
     blocks = find_blocks(grid, cn=1, nn=32, b2=2, round_to=8)
     assert [c.tolist() for _, c in blocks] == [[0, 1, 2, 3, 4, 5, 6, 7]]
-    with pytest.raises(UserError, match="--regroup_unit channel"):
+    with pytest.raises(InvalidInput, match="--regroup_unit channel"):
         regroup_layer(layer, unit="weight", round_to=4)
 
 
@@ -112,11 +112,11 @@ def test_a_failing_onnx_check_keeps_no_file_and_leaves_the_old_one(tmp_path, mon
         def run(self, names, feeds):
             return [np.full((len(feeds["images"]), 10), 7.0, dtype=np.float32)]
     monkeypatch.setattr(onnxruntime, "InferenceSession", Wrong)
-    with pytest.raises(UserError, match="differ from PyTorch's"):
+    with pytest.raises(InvalidInput, match="differ from PyTorch's"):
         export_onnx(model, [torch.rand(2, 3, 32, 32)], target)
     assert target.read_bytes() == b"the previous export"
     assert [p.name for p in tmp_path.iterdir()] == ["model.onnx"]  # no temporary file left behind
-    with pytest.raises(UserError, match="cannot write"):
+    with pytest.raises(InvalidInput, match="cannot write"):
         export_onnx(model, [torch.rand(2, 3, 32, 32)], tmp_path / "missing" / "model.onnx")
 
 

@@ -15,6 +15,7 @@ import main_imp
 from conftest import ROOT
 from pruner.mask import Mask
 from utils.checkpoint import load_file
+from app.config import TrainConfig
 from app.datasets import DataSplits, load_dataset
 from app.distributed import mask_digest
 from utils.errors import TrainingDiverged
@@ -133,13 +134,12 @@ class PoisonedAfterOnePass(torch.utils.data.Dataset):
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     data = load_dataset("digits", "")
     poisoned = DataSplits(PoisonedAfterOnePass(data.train), data.val, data.test, data.spec)
-    args = main_imp.get_args_parser().parse_args(["--epochs", "3", "--seed", "0"])
-    args.workers = 0
+    train = TrainConfig(epochs=3, seed=0, workers=0)
     from models import build_model
     model = build_model("res20s", 10, 1, data.spec.mean, data.spec.std)
     ckpt = tmp_path / "0checkpoint.pth.tar"
     with pytest.raises(TrainingDiverged, match="loss became nan"):
-        train_state(model, poisoned, args, torch.device("cpu"), state=0, checkpoint_file=str(ckpt),
+        train_state(model, poisoned, train, torch.device("cpu"), state=0, checkpoint_file=str(ckpt),
                     best_file=str(tmp_path / "best.pth.tar"), extra={"init_weight": {}})
     saved = load_file(str(ckpt))
     assert saved["epoch"] == 1 and all(torch.isfinite(v).all() for v in saved["state_dict"].values()
@@ -156,8 +156,8 @@ def test_unwritable_or_full_save_dir_is_reported_before_training(tmp_path, cli_e
     blocker.write_text("")
     line = cli_error(main_imp, ["--save_dir", str(blocker / "run")])
     assert "is not writable" in line
-    import app.arguments
-    monkeypatch.setattr(app.arguments.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1024))
+    import app.lifecycle
+    monkeypatch.setattr(app.lifecycle.shutil, "disk_usage", lambda path: types.SimpleNamespace(free=1024))
     line = cli_error(main_imp, ["--save_dir", str(tmp_path / "full")])
     assert "MiB free" in line and "need" in line
     assert not any((tmp_path / "full").glob("*.pth.tar"))

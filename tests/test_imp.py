@@ -14,7 +14,8 @@ import main_imp
 from conftest import ROOT, run_script
 from models import build_model
 from pruner.masking import effective_weights
-from app.arguments import finish
+import app.imp
+from app.config import TrainConfig
 from utils.checkpoint import load_file
 
 FAST = ["--arch", "res20s", "--epochs", "2", "--batch_size", "128"]
@@ -23,14 +24,14 @@ FAST = ["--arch", "res20s", "--epochs", "2", "--batch_size", "128"]
 def test_imp_sparsity_rewind_and_files(tmp_path, monkeypatch):
     save = tmp_path / "run"
     starts = {}
-    real_train_state = main_imp.train_state
+    real_train_state = app.imp.train_state
 
     def spy(model, data, args, device, *, state, **kw):
         if kw.get("resume") is None:
             starts[state] = effective_weights(model)
         return real_train_state(model, data, args, device, state=state, **kw)
 
-    monkeypatch.setattr(main_imp, "train_state", spy)
+    monkeypatch.setattr(app.imp, "train_state", spy)
     args = main_imp.get_args_parser().parse_args(
         FAST + ["--pruning_times", "3", "--prune_type", "rewind_lt", "--rewind_epoch", "1",
                 "--save_dir", str(save), "--init", str(tmp_path / "init.pth.tar")])
@@ -152,8 +153,8 @@ def test_bad_input_one_line_errors(tmp_path, cli_error):
                                                      (set(range(16)), "digits", 0)])
 def test_workers_default_to_the_usable_cores_at_most_four(monkeypatch, cores, dataset, workers):
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: cores, raising=False)
-    args = finish(main_imp.get_args_parser().parse_args(["--dataset", dataset]))
-    assert args.workers == workers
+    train = TrainConfig.from_args(main_imp.get_args_parser().parse_args(["--dataset", dataset]))
+    assert train.workers == workers
 
 
 def test_existing_run_is_never_overwritten(tmp_path, cli_error):

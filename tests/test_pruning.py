@@ -7,7 +7,7 @@ from models import build_model
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
 from pruner.masking import apply_mask, current_mask, effective_weights, load_plain_weights, prunable_layers, strip_masks
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 def small_model():
@@ -65,7 +65,7 @@ def test_stem_pruned_only_with_conv1_flag():
 
 @pytest.mark.parametrize("rate", [0.0, 1.0, -0.1, 1.5])
 def test_rate_outside_open_interval_rejected(rate):
-    with pytest.raises(UserError, match="rate"):
+    with pytest.raises(InvalidInput, match="rate"):
         global_magnitude_prune(small_model(), rate)
 
 
@@ -87,11 +87,11 @@ def test_rewind_restores_every_unpruned_weight_exactly():
 
 def test_mask_validation_rejects_foreign_layers_and_shapes():
     model = small_model()
-    with pytest.raises(UserError, match="not a convolution"):
+    with pytest.raises(InvalidInput, match="not a convolution"):
         Mask({"layer9.conv1": torch.ones(3, 3, 3, 3)}).validate(model)
-    with pytest.raises(UserError, match="shape"):
+    with pytest.raises(InvalidInput, match="shape"):
         Mask({"layer1.0.conv1": torch.ones(16, 16, 1, 1)}).validate(model)
-    with pytest.raises(UserError, match="other than 0 and 1"):
+    with pytest.raises(InvalidInput, match="other than 0 and 1"):
         Mask({"layer1.0.conv1": torch.full((16, 16, 3, 3), 0.5)}).validate(model)
 
 

@@ -18,7 +18,7 @@ from pruner.refill import CRITERIA, channel_scores, is_channel_wise, kept_channe
 from pruner.slim import slim
 from utils.checkpoint import load_file
 from app.datasets import load_dataset
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 def test_k_formula_by_hand():
@@ -114,7 +114,7 @@ def test_slimmed_resnet_in_channels_last_equals_masked_model():
 
 def test_slim_refuses_unstructured_masks():
     model = build_model("res20s", 10, 1, (0.3,), (0.2,))
-    with pytest.raises(UserError, match="not channel-wise"):
+    with pytest.raises(InvalidInput, match="not channel-wise"):
         slim(model, global_magnitude_prune(model, 0.5))
 
 

@@ -14,7 +14,7 @@ from models import build_model
 from pruner.magnitude import global_magnitude_prune
 from pruner.regroup import UNITS, blocks_to_mask, find_blocks, parse_parts, parts_for, regroup, regroup_layer, regroup_mask
 from utils.checkpoint import load_file
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 # One part (cn=1, b2=0). Column counts 1,1,3,3 -> sorted order 2,3,0,1.
 #   i=1 (col 2):    outside nonzeros per row 2,1,2 -> 1 > 1.5*2 fails
@@ -116,7 +116,7 @@ def test_channel_unit_blocks_are_whole_input_channels():
 def test_bad_input(bad, message):
     kwargs = dict(mask=torch.ones(4, 4))
     kwargs.update(bad)
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(InvalidInput, match=message):
         regroup(kwargs.pop("mask"), **kwargs)
 
 

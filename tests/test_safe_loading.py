@@ -12,7 +12,7 @@ import torch
 
 from conftest import ROOT
 from utils.checkpoint import load_file
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 class _CreatesFile:
@@ -97,7 +97,7 @@ def test_our_files_and_the_original_format_load_without_the_flag(digits_imp_run,
 def test_a_damaged_file_is_one_clear_error(tmp_path):
     bad = tmp_path / "bad.pth.tar"
     bad.write_bytes(b"not a checkpoint")
-    with pytest.raises(UserError, match="is not a readable PyTorch file"):
+    with pytest.raises(InvalidInput, match="is not a readable PyTorch file"):
         load_file(str(bad))
 
 

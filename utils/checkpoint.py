@@ -28,7 +28,7 @@ import tempfile
 
 import torch
 
-from utils.errors import UserError
+from utils.errors import InvalidInput
 
 
 TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".tmp-", ".part"  # what a killed write can leave behind
@@ -59,11 +59,13 @@ SAFE_GLOBALS = [argparse.Namespace]  # beside tensors and containers, what the o
 UNSAFE_GLOBAL = re.compile(r"GLOBAL ([\w.]+)")
 
 
+TRUST_HELP = ("load files whose unpickling needs more than tensors and plain types "
+              "(runs code from the file: only for files you trust)")
+
+
 def add_trust_flag(parser):
     """--trust_checkpoint, for every script that reads files."""
-    parser.add_argument("--trust_checkpoint", action="store_true",
-                        help="load files whose unpickling needs more than tensors and plain types "
-                             "(runs code from the file: only for files you trust)")
+    parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
 
 
 @contextlib.contextmanager
@@ -76,7 +78,7 @@ def staged_file(path, suffix):
         fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=directory)
         os.close(fd)
     except OSError as err:
-        raise UserError(f"cannot write '{path}': {err.strerror}") from None
+        raise InvalidInput(f"cannot write '{path}': {err.strerror}") from None
     try:
         yield tmp
         os.replace(tmp, path)
@@ -95,7 +97,7 @@ def export_program(module, example, path, check):
     try:
         program = torch.export.export(module.eval(), (example,), dynamic_shapes=({0: batch},))
     except Exception as err:  # torch.export reports unsupported code with many types
-        raise UserError(f"torch.export could not trace the model ({type(err).__name__}: "
+        raise InvalidInput(f"torch.export could not trace the model ({type(err).__name__}: "
                         f"{str(err).strip().splitlines()[0]})") from None
     with staged_file(path, ".pt2") as tmp:
         torch.export.save(program, tmp)
@@ -106,7 +108,7 @@ def load_file(path, what="checkpoint", trust=False):
     """torch.load on the CPU without running pickled code (unless `trust`),
     turning unreadable or refused files into one-line errors."""
     if not path or not os.path.isfile(path):
-        raise UserError(f"{what} '{path}' not found")
+        raise InvalidInput(f"{what} '{path}' not found")
     if trust:
         print(f"warning: --trust_checkpoint: loading {what} '{path}' runs any code pickled in it", file=sys.stderr)
     try:
@@ -116,12 +118,12 @@ def load_file(path, what="checkpoint", trust=False):
     except pickle.UnpicklingError as err:
         found = UNSAFE_GLOBAL.search(str(err))
         if trust or found is None:
-            raise UserError(f"{what} '{path}' is not a readable PyTorch file ({type(err).__name__}: "
+            raise InvalidInput(f"{what} '{path}' is not a readable PyTorch file ({type(err).__name__}: "
                             f"{str(err).splitlines()[0]})") from None
-        raise UserError(f"{what} '{path}' wants to run '{found.group(1)}' while loading, which a plain checkpoint "
+        raise InvalidInput(f"{what} '{path}' wants to run '{found.group(1)}' while loading, which a plain checkpoint "
                         "never needs; if you trust the file, --trust_checkpoint loads it anyway") from None
     except Exception as err:  # torch raises many types for a damaged file
-        raise UserError(f"{what} '{path}' is not a readable PyTorch file ({type(err).__name__}: {err})") from None
+        raise InvalidInput(f"{what} '{path}' is not a readable PyTorch file ({type(err).__name__}: {err})") from None
 
 
 def _load_weights_only(path):
@@ -139,7 +141,7 @@ def state_dict_of(obj, path="<object>"):
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise UserError(f"'{path}' holds no model state dict (expected a checkpoint with 'state_dict' or a state dict)")
+        raise InvalidInput(f"'{path}' holds no model state dict (expected a checkpoint with 'state_dict' or a state dict)")
     return {re.sub(r"^module\.", "", k): v for k, v in obj.items()}
 
 

@@ -1,18 +1,20 @@
 """User-facing errors: one clear line and a non-zero exit, never a traceback.
 
-Library code raises `UserError` for bad input (paths, flags, files); the
-entry scripts run `main` through `run_cli`, which prints it as
-`<script>: error: <message>` and exits with status 2.
+Library code raises `InvalidInput` (a ValueError) for input its caller can
+fix: a value, a file, a combination of settings; `TrainingDiverged` when the
+loss stops being finite. The entry scripts run `main` through `run_cli`,
+which prints either as `<script>: error: <message>` and exits with status 2;
+any other exception is a bug and keeps its traceback.
 """
 import os
 import sys
 
 
-class UserError(Exception):
-    """Bad input the user can fix; the message is the whole explanation."""
+class InvalidInput(ValueError):
+    """Input the caller can fix; the message is the whole explanation."""
 
 
-class TrainingDiverged(UserError):
+class TrainingDiverged(InvalidInput):
     """The loss became NaN or infinite."""
 
 
@@ -21,7 +23,7 @@ def run_cli(main, parser, argv=None):
     prog = os.path.basename(sys.argv[0]) or parser.prog
     try:
         main(args)
-    except UserError as err:
+    except InvalidInput as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         sys.exit(2)
     except KeyboardInterrupt:

@@ -28,8 +28,8 @@ def select_device(gpu):
         if gpu is None:
             gpu = 0
         if not 0 <= gpu < torch.cuda.device_count():
-            from utils.errors import UserError
-            raise UserError(f"--gpu {gpu}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+            from utils.errors import InvalidInput
+            raise InvalidInput(f"--gpu {gpu}: this machine has {torch.cuda.device_count()} CUDA device(s)")
         return torch.device(f"cuda:{gpu}")
     if gpu is not None:
         print(f"--gpu {gpu}: CUDA is not available, running on the CPU")

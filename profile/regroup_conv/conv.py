@@ -26,9 +26,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from kernels.regrouped import RegroupedConv2d  # noqa: E402
-from pruner.regroup import check_regroup_args, regroup_layer  # noqa: E402
-from app.arguments import add_parts_flag  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 from bench.gpu import PRECISIONS, precision_line, versions, versions_line  # noqa: E402
 from bench.layer import add_shape_args, environment_line, load_layer  # noqa: E402
 from utils.timing import alternating_medians  # noqa: E402
@@ -42,13 +41,8 @@ def get_args_parser():
     add_shape_args(p)
     p.add_argument("--build-only", dest="build_only", action="store_true",
                    help="compile the CUDA kernel and exit (works without a GPU)")
-    g = p.add_argument_group("regroup")
-    g.add_argument("--t1", type=float, default=1.5)
-    add_parts_flag(g)
-    g.add_argument("--nn", type=int, default=32)
-    g.add_argument("--b2", type=int, default=16)
-    g.add_argument("--regroup_unit", default="weight", choices=["weight", "channel"])
-    g.add_argument("--seed", type=int, default=0)
+    RegroupConfig.add_args(p)
+    p.add_argument("--seed", type=int, default=0, help="the partitioner's seed")
     g = p.add_argument_group("GPU")
     g.add_argument("--kernel", default="triton", choices=["triton", "cuda"], help="the regrouped kernel on a GPU")
     g.add_argument("--dtype", default=None, choices=list(PRECISIONS),
@@ -74,12 +68,12 @@ def main(args):
         module = build_regroup_kernel()
         print(f"built {module.__file__} for sm_{'/sm_'.join(target_archs())} with CUDA {torch.version.cuda}")
         return None
-    check_regroup_args(args.t1, args.cn, args.nn, args.b2, args.regroup_unit)
+    regroup = RegroupConfig.from_args(args)
     weight, geo = load_layer(args)
     mask = (weight != 0).float()
-    new_mask, info = regroup_layer(mask, args.t1, args.cn, args.nn, args.b2, args.seed, unit=args.regroup_unit)
+    new_mask, info = regroup.regroup_layer(mask)
     if info.kept_mask:
-        raise UserError(f"'{args.kernel_file}' has no dense block with t1 {args.t1}, cn {args.cn}, b2 {args.b2} "
+        raise InvalidInput(f"'{args.kernel_file}' has no dense block with t1 {args.t1}, cn {args.cn}, b2 {args.b2} "
                         f"({weight.shape[0]} rows): nothing to run; try a smaller --b2 or --cn")
     device = select_device(args.gpu)
     regrouped_weight = weight * new_mask
@@ -89,7 +83,7 @@ def main(args):
     if device.type == "cuda":
         return gpu_rows(args, regrouped_weight, info, geo, device)
     if args.dtype not in (None, "fp32"):
-        raise UserError(f"--dtype {args.dtype}: the CPU path computes in fp32 (other precisions need a GPU)")
+        raise InvalidInput(f"--dtype {args.dtype}: the CPU path computes in fp32 (other precisions need a GPU)")
     print(environment_line(device))
     speedups = {}
     conv = RegroupedConv2d(regrouped_weight, info.blocks, args.regroup_unit, geo["stride"], geo["padding"])
@@ -98,7 +92,7 @@ def main(args):
         reference = F.conv2d(x, regrouped_weight, None, geo["stride"], geo["padding"])
         error = ((conv(x) - reference).abs().max() / reference.abs().max().clamp(min=1e-12)).item()
         if not error < MAX_RELATIVE_ERROR:
-            raise UserError(f"the CPU path disagrees with F.conv2d: relative error {error:.2e} >= {MAX_RELATIVE_ERROR:g}")
+            raise InvalidInput(f"the CPU path disagrees with F.conv2d: relative error {error:.2e} >= {MAX_RELATIVE_ERROR:g}")
         medians = alternating_medians({"regroup": lambda: conv(x), "dense": lambda: F.conv2d(
             x, regrouped_weight, None, geo["stride"], geo["padding"])}, device, args.repeats, warmup=5)
         t_regroup, t_dense = medians["regroup"], medians["dense"]
@@ -122,7 +116,7 @@ def gpu_rows(args, regrouped_weight, info, geo, device):
             print(precision_line(precision))
         kernel, cudnn = row[args.kernel], row["cudnn"]
         if not kernel["ok"]:
-            raise UserError(f"the {args.kernel} kernel disagrees with F.conv2d in {precision}: relative error "
+            raise InvalidInput(f"the {args.kernel} kernel disagrees with F.conv2d in {precision}: relative error "
                             f"{kernel['error']:.2e}")
         speedups[batch] = 1 / kernel["vs_cudnn"]
         print(f"  input {shape} | relative error {kernel['error']:.1e} | {args.kernel} {kernel['ms']:.4f} ms "

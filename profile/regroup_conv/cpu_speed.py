@@ -38,10 +38,9 @@ from pruner.magnitude import global_magnitude_prune  # noqa: E402
 from pruner.masking import apply_mask, refresh_masked_weights  # noqa: E402
 from kernels.permuted import permuted_model  # noqa: E402
 from pruner.refill import refill  # noqa: E402
-from pruner.regroup import check_regroup_args, regroup_mask  # noqa: E402
 from pruner.slim import slim  # noqa: E402
-from app.arguments import add_parts_flag  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import flops_share, model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
 from utils.timing import alternating_medians  # noqa: E402
@@ -55,9 +54,7 @@ def get_args_parser():
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.93, 0.96])
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--image_size", type=int, default=32)
-    add_parts_flag(p)
-    p.add_argument("--b2", type=int, default=16)
-    p.add_argument("--t1", type=float, default=1.5)
+    RegroupConfig.add_args(p, skip=("nn", "regroup_unit", "partitioner", "round_to"))  # channel blocks only
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--memory_format", choices=["channels_last", "contiguous"], default="channels_last",
                    help="tensor layout for every model (oneDNN is fastest with channels_last)")
@@ -71,16 +68,20 @@ CPU = torch.device("cpu")  # this benchmark measures the CPU path
 TOLERANCE = 1e-4  # max abs difference from the masked model (fp32)
 
 
+def regroup_config(args):
+    return RegroupConfig.from_args(args, regroup_unit="channel", seed=0)
+
+
 def check_args(args):
-    check_regroup_args(args.t1, args.cn, 32, args.b2, "channel")
+    regroup_config(args)
     if args.arch not in model_names():
-        raise UserError(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
+        raise InvalidInput(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
     for sparsity in args.sparsity:
         if not 0 < sparsity < 1:
-            raise UserError(f"--sparsity values must lie strictly between 0 and 1, got {sparsity}")
+            raise InvalidInput(f"--sparsity values must lie strictly between 0 and 1, got {sparsity}")
     for name in ("batch_size", "image_size", "repeats"):
         if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be at least 1, got {getattr(args, name)}")
+            raise InvalidInput(f"--{name} must be at least 1, got {getattr(args, name)}")
 
 
 def masked_copy(model, mask):
@@ -93,7 +94,7 @@ def masked_copy(model, mask):
 def checked(name, model, reference, x):
     diff = (model(x) - reference(x)).abs().max().item()
     if not diff < TOLERANCE:
-        raise UserError(f"{name} differs from the masked model it implements by {diff:.2e}")
+        raise InvalidInput(f"{name} differs from the masked model it implements by {diff:.2e}")
     return diff
 
 
@@ -102,7 +103,7 @@ def tickets(base, sparsity, args, x):
     the regrouped layers' report and the regroup infos."""
     mask = global_magnitude_prune(copy.deepcopy(base), sparsity)
     ticket = masked_copy(base, mask)
-    regrouped_mask, infos = regroup_mask(mask, args.t1, args.cn, 32, args.b2, 0, "greedy", "channel")
+    regrouped_mask, infos = regroup_config(args).regroup(mask)
     masked = masked_copy(base, regrouped_mask)
     regrouped, layers, folded = permuted_model(masked, args.cn, args.b2, example_input=x, repeats=args.repeats)
     refilled = masked_copy(base, refill(ticket, mask, "magnitude", 0.0))

@@ -21,7 +21,7 @@ import torch.nn.functional as F  # noqa: E402
 
 from kernels import triton_conv  # noqa: E402
 from kernels.regrouped import RegroupedConv2d  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 from bench.gpu import apply_precision, precision_line, relative_error, rotating_inputs  # noqa: E402
 from utils.timing import graph_timings  # noqa: E402
 from bench.tickets import TOLERANCE, resnet18_tickets  # noqa: E402
@@ -45,14 +45,14 @@ def get_args_parser():
 @torch.no_grad()
 def main(args):
     if not torch.cuda.is_available():
-        raise UserError("kernel_sweep.py times the Triton kernel on a CUDA GPU, and PyTorch sees none")
+        raise InvalidInput("kernel_sweep.py times the Triton kernel on a CUDA GPU, and PyTorch sees none")
     try:
         configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else \
             triton_conv.GPU_CONFIGS
     except ValueError:
-        raise UserError(f"--configs takes BLOCK_M,WARPS,STAGES triples, got {args.configs}") from None
+        raise InvalidInput(f"--configs takes BLOCK_M,WARPS,STAGES triples, got {args.configs}") from None
     if any(len(c) != 3 for c in configs):
-        raise UserError(f"--configs takes BLOCK_M,WARPS,STAGES triples, got {args.configs}")
+        raise InvalidInput(f"--configs takes BLOCK_M,WARPS,STAGES triples, got {args.configs}")
     dtype = apply_precision(args.precision)
     print(precision_line(args.precision))
     masked, regrouped_mask, infos, shapes = resnet18_tickets(args.sparsity, args.rows_per_part, args.regroup_unit,
@@ -60,7 +60,7 @@ def main(args):
     modules = dict(masked.named_modules())
     for name in args.layers:
         if name not in infos or infos[name].kept_mask:
-            raise UserError(f"'{name}' is not a regrouped layer of this ticket; valid: "
+            raise InvalidInput(f"'{name}' is not a regrouped layer of this ticket; valid: "
                             f"{', '.join(n for n, i in infos.items() if not i.kept_mask)}")
         conv, info = modules[name], infos[name]
         weight = (conv.weight_orig.detach() * regrouped_mask[name]).cuda()
@@ -76,7 +76,7 @@ def main(args):
                 return layer._forward_triton(x, config=config)
             error = relative_error(run(inputs[0]), reference)
             if not error < TOLERANCE[args.precision]:
-                raise UserError(f"{name} with {config}: relative error {error:.2e}")
+                raise InvalidInput(f"{name} with {config}: relative error {error:.2e}")
             calls[str(candidate)] = (run, inputs)
         structure = layer._triton_structure
         chunks = triton_conv.chunks(structure, triton_conv.chunk_size(dtype))

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from pruner.mask import Mask  # noqa: E402
 from utils.checkpoint import add_trust_flag, load_file, save_atomic, state_dict_of  # noqa: E402
-from utils.errors import UserError, run_cli  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 
 
 def get_args_parser():
@@ -38,7 +38,7 @@ def layer_geometry(ckpt, state_dict):
     from app.datasets import load_dataset
     try:
         spec = load_dataset(args["dataset"], args.get("data", "datasets")).spec
-    except UserError:
+    except InvalidInput:
         return {}  # the data is not on this machine: geometry comes from the profilers' flags
     model = build_model(args["arch"], spec.num_classes, spec.in_channels, spec.mean, spec.std, spec.imagenet_stem)
     load_weights(model, state_dict)
@@ -58,7 +58,7 @@ def main(args):
     state_dict = state_dict_of(ckpt, args.checkpoint)
     mask = Mask.from_state_dict(state_dict)
     if not mask:
-        raise UserError(f"'{args.checkpoint}' holds no masks (no '<layer>.weight_mask' entries)")
+        raise InvalidInput(f"'{args.checkpoint}' holds no masks (no '<layer>.weight_mask' entries)")
     geometry = layer_geometry(ckpt, state_dict)
     os.makedirs(args.out_dir, exist_ok=True)
     for name, m in mask.items():

@@ -1,0 +1,142 @@
+"""The life of one run, shared by IMP and retraining: refuse a --save_dir
+that already holds a run unless --resume, find the checkpoint to resume,
+build device, data and model, prepare the save folder, compute masks once
+(rank 0) and give every rank the same, write the summary and plots, and
+close the process group.
+"""
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+
+from app.datasets import load_dataset, model_for
+from app.distributed import DistContext, launch_context, mask_digest
+from app.report import plot_states, write_summary
+from utils.checkpoint import TEMPORARY_PREFIX, TEMPORARY_SUFFIX, load_file
+from utils.errors import InvalidInput
+from utils.runtime import seed_everything, select_device
+
+RESUME_KEYS = ("state", "epoch", "state_dict", "optimizer", "scheduler", "result", "best_sa", "init_weight")
+
+
+def resume_checkpoint(train, existing, name_hint):
+    """The checkpoint to continue, or None for a fresh run.
+
+    `existing` is the run's own checkpoint found in --save_dir (or None).
+    Without --resume an existing run is refused (nothing is overwritten);
+    with it, --checkpoint or `existing` is loaded and must be a training
+    checkpoint of this tool."""
+    if not train.resume:
+        if existing:
+            raise InvalidInput(f"--save_dir '{train.save_dir}' already holds a run ({os.path.basename(existing)}); "
+                               "pass --resume to continue it or choose another --save_dir")
+        return None
+    path = train.checkpoint or existing
+    if path is None:
+        raise InvalidInput(f"--resume: no --checkpoint given and no {name_hint} in --save_dir '{train.save_dir}'")
+    ckpt = load_file(path, "--resume checkpoint", train.trust_checkpoint)
+    missing = [k for k in RESUME_KEYS if not (isinstance(ckpt, dict) and k in ckpt)]
+    if missing:
+        raise InvalidInput(f"--resume checkpoint '{path}' lacks {', '.join(missing)}: "
+                           "not a training checkpoint of this tool")
+    print(f"resuming from {path} (state {ckpt['state']}, {ckpt['epoch']} epoch(s) done)", flush=True)
+    return ckpt
+
+
+@dataclass
+class Run:
+    """What a run trains with: its config, device, data, model and, under
+    torchrun, the process group."""
+    train: Any
+    device: torch.device
+    data: Any
+    model: torch.nn.Module
+    dist_ctx: Optional[DistContext]
+
+    @property
+    def is_main(self):
+        return self.dist_ctx is None or self.dist_ctx.is_main
+
+    def barrier(self):
+        if self.dist_ctx is not None:
+            self.dist_ctx.barrier()
+
+    def shared_mask(self, compute, fallback):
+        """compute() on rank 0, its mask on every rank (other ranks' own
+        result is `fallback`, a (mask, report) pair); returns (mask, report)."""
+        mask, report = compute() if self.is_main else fallback
+        if self.dist_ctx is not None:
+            mask = self.dist_ctx.broadcast_mask(mask)
+        return mask, report
+
+    def log_mask(self, what, mask):
+        """Under torchrun, each rank's mask fingerprint on stderr, for the logs (and tests) to compare."""
+        if self.dist_ctx is not None:
+            sys.stderr.write(f"rank {self.dist_ctx.rank}: {what} mask {mask_digest(mask)}\n")
+
+    def prepare_save_dir(self):
+        """Rank 0 makes --save_dir and checks it (room for two checkpoints); all ranks wait."""
+        if self.is_main:
+            prepare_save_dir(self.train.save_dir, needed_bytes=checkpoint_bytes(self.model))
+        self.barrier()
+
+    def write_results(self, summary, title):
+        if self.is_main:
+            write_summary(self.train.save_dir, summary)
+            plot_states(self.train.save_dir, summary["states"], title)
+
+    def close(self):
+        if self.dist_ctx is not None:
+            self.dist_ctx.barrier()
+            self.dist_ctx.close()
+
+
+def open_run(train):
+    """Device, data splits and the model (its initial weights depend only on
+    --seed; channels-last on CUDA), under torchrun one rank of the group."""
+    dist_ctx = launch_context()
+    if dist_ctx is None:
+        device = select_device(train.gpu)
+        where = str(device)
+    else:
+        device = dist_ctx.device
+        where = f"{device} x {dist_ctx.world_size} ranks (torchrun{'; --gpu ignored' if train.gpu is not None else ''})"
+    print(f"device: {where} | torch {torch.__version__} | dataset {train.dataset} | arch {train.arch}", flush=True)
+    data = load_dataset(train.dataset, train.data)
+    seed_everything(train.seed)
+    model = model_for(train.arch, data.spec).to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return Run(train, device, data, model, dist_ctx)
+
+
+def checkpoint_bytes(model):
+    """Disk one training state needs: two checkpoints (latest and best), each
+    with weights, masks, momentum and the rewind point (~4x the parameters)."""
+    return 2 * 4 * sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def prepare_save_dir(path, needed_bytes=0):
+    """Create --save_dir and prove it is writable, with room for
+    `needed_bytes`, before any training; remove temporaries of a save that
+    was killed mid-write."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        free = shutil.disk_usage(path).free
+        if free < needed_bytes:
+            raise InvalidInput(f"--save_dir '{path}' has {free / 2**20:.0f} MiB free; one state's checkpoints need "
+                               f"about {needed_bytes / 2**20:.0f} MiB")
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 4096)
+            f.flush()
+            os.fsync(f.fileno())
+        os.unlink(probe)
+        for name in os.listdir(path):
+            if name.startswith(TEMPORARY_PREFIX) and name.endswith(TEMPORARY_SUFFIX):
+                os.unlink(os.path.join(path, name))
+    except OSError as err:
+        raise InvalidInput(f"--save_dir '{path}' is not writable: {err.strerror}") from None
