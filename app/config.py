@@ -93,6 +93,11 @@ class FlagConfig:
         return dataclasses.replace(self, **changes)
 
 
+def add_trust_flag(parser):
+    """--trust_checkpoint, for every script that reads files (TrainConfig declares it for the entry scripts)."""
+    parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
+
+
 def parser_for(description):
     return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 

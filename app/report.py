@@ -7,7 +7,7 @@ import platform
 
 import torch
 
-from utils.checkpoint import atomic_write, summary_path
+from utils.checkpoint import atomic_write, plot_paths, summary_path
 from app.training import best_summary
 
 
@@ -58,7 +58,8 @@ def plot_states(save_dir, states, title):
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(os.path.join(save_dir, "accuracy_per_epoch.png"), dpi=110)
+    per_epoch, vs_sparsity = plot_paths(save_dir)
+    fig.savefig(per_epoch, dpi=110)
     plt.close(fig)
 
     done = [r for r in states if r["test_acc_at_best_val"] is not None]
@@ -71,7 +72,7 @@ def plot_states(save_dir, states, title):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(os.path.join(save_dir, "accuracy_vs_sparsity.png"), dpi=110)
+    fig.savefig(vs_sparsity, dpi=110)
     plt.close(fig)
 
 

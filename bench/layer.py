@@ -6,7 +6,8 @@ import platform
 
 import torch
 
-from utils.checkpoint import add_trust_flag, load_file
+from utils.checkpoint import load_file
+from app.config import add_trust_flag
 from utils.errors import InvalidInput
 
 

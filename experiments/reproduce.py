@@ -27,7 +27,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from app.config import ImpConfig, RefillConfig, RegroupConfig, RetrainConfig, TrainConfig  # noqa: E402
+from app.config import ImpConfig, RefillConfig, RegroupConfig, RetrainConfig, TrainConfig, add_trust_flag  # noqa: E402
 from app.imp import run_imp  # noqa: E402
 from app.retrain import retrain  # noqa: E402
 from models import build_model, model_names  # noqa: E402
@@ -36,7 +36,7 @@ from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
 from pruner.regroup import LayerRegroup, parts_for  # noqa: E402
 from pruner.slim import slim  # noqa: E402
-from utils.checkpoint import add_trust_flag, best_path, checkpoint_path, latest_checkpoint, load_file, state_dict_of  # noqa: E402
+from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, log_path, state_dict_of  # noqa: E402
 from app.datasets import dataset_names, load_dataset  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
@@ -154,7 +154,7 @@ def run_logged(run, save_dir, finished, what):
     cut_off = bool(latest_checkpoint(save_dir) or os.path.exists(checkpoint_path(save_dir)))
     os.makedirs(save_dir, exist_ok=True)
     tic = time.perf_counter()
-    with open(os.path.join(save_dir, "log.txt"), "a") as log, contextlib.redirect_stdout(log):
+    with open(log_path(save_dir), "a") as log, contextlib.redirect_stdout(log):
         run(cut_off)
     print(f"  {what}: {'resumed and ' if cut_off else ''}done in {time.perf_counter() - tic:.1f} s", flush=True)
     return read_summary(save_dir)

@@ -63,10 +63,6 @@ TRUST_HELP = ("load files whose unpickling needs more than tensors and plain typ
               "(runs code from the file: only for files you trust)")
 
 
-def add_trust_flag(parser):
-    """--trust_checkpoint, for every script that reads files."""
-    parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
-
 
 @contextlib.contextmanager
 def staged_file(path, suffix):
@@ -175,6 +171,16 @@ def best_path(save_dir, state=""):
 
 def summary_path(save_dir):
     return os.path.join(save_dir, "summary.json")
+
+
+def plot_paths(save_dir):
+    """(test accuracy per epoch of every state, accuracy against sparsity): a run's two figures."""
+    return os.path.join(save_dir, "accuracy_per_epoch.png"), os.path.join(save_dir, "accuracy_vs_sparsity.png")
+
+
+def log_path(save_dir):
+    """The log of a run that experiments/reproduce.py ran in-process."""
+    return os.path.join(save_dir, "log.txt")
 
 
 def latest_checkpoint(save_dir):
