@@ -288,9 +288,9 @@ class ImpConfig(FlagConfig):
         g = parser.add_argument_group("IMP-Refill: refill the mask after every round")
         g.add_argument("--fillback", action="store_true", help="make each round's mask channel-wise (IMP-Refill)")
         RefillConfig.add_args(parser, group=g)
-        parser.add_argument("--regroup", action="store_true",
-                            help="regroup each round's mask into dense blocks (IMP-Regroup)")
-        return RegroupConfig.add_args(parser)
+        g = parser.add_argument_group("IMP-Regroup: regroup the mask after every round")
+        g.add_argument("--regroup", action="store_true", help="regroup each round's mask into dense blocks (IMP-Regroup)")
+        return RegroupConfig.add_args(parser, group=g)
 
     @classmethod
     def from_args(cls, args, **given):

@@ -7,22 +7,13 @@ from torch import nn
 
 from app.config import ImpConfig, RefillConfig, RegroupConfig, TrainConfig
 from app.imp import next_mask
+from bench.tickets import trained_looking
 from models import build_model
 from models.structure import conv_chains, residual_blocks
 from pruner.mask import Mask
 from pruner.masking import apply_mask, current_mask, effective_weights, load_plain_weights
 from pruner.refill import is_channel_wise
 from pruner.slim import SlimConv, slim
-
-
-def trained_looking(model):
-    """BN statistics away from 0/1, so removed channels leave constants behind."""
-    for bn in (m for m in model.modules() if isinstance(m, nn.BatchNorm2d)):
-        bn.running_mean.uniform_(-1, 1)
-        bn.running_var.uniform_(0.5, 2)
-        bn.bias.data.uniform_(-1, 1)
-        bn.weight.data.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def test_declared_chains_and_residual_sums():
