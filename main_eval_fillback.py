@@ -10,7 +10,8 @@ app.retrain.retrain with a RefillConfig; this script parses its flags.
 """
 import os
 
-from app.config import RefillConfig, RetrainConfig, parser_for
+from app.config import RefillConfig, RetrainConfig
+from app.flags import parser_for
 from app.exports import export_refilled
 from app.retrain import retrain
 from utils.errors import run_cli

@@ -10,7 +10,8 @@ work is app.retrain.retrain with a RegroupConfig; this script parses its flags.
 """
 import os
 
-from app.config import RegroupConfig, RetrainConfig, parser_for
+from app.config import RegroupConfig, RetrainConfig
+from app.flags import parser_for
 from app.exports import export_regrouped
 from app.retrain import retrain
 from utils.errors import run_cli

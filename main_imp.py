@@ -7,7 +7,8 @@ state 0; pt: --pretrained) and the next state trains the masked model.
 --fillback refills and --regroup regroups each round's mask (IMP-Refill,
 IMP-Regroup). The work is app.imp.run_imp; this script parses its flags.
 """
-from app.config import ImpConfig, parser_for
+from app.config import ImpConfig
+from app.flags import parser_for
 from app.imp import run_imp
 from utils.errors import run_cli
 

@@ -10,16 +10,16 @@ generating them (`add_args`), building itself from parsed flags
 - ImpConfig: IMP with rewinding, optionally refilling or regrouping every
   round; RetrainConfig: retraining one ticket.
 
-The original code's flag spellings are accepted beside ours through one
-table, FLAG_ALIASES, so its README's command lines run verbatim.
+The flag machinery is app/flags.py; the original code's flag spellings are
+accepted beside ours through its table FLAG_ALIASES, so that code's README
+command lines run verbatim.
 """
-import argparse
-import dataclasses
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Optional
 
 from app.datasets import dataset_names, make_loader
+from app.flags import FlagConfig, flag
 from models import model_names
 from pruner.partition import PARTITIONERS
 from pruner.refill import check_refill_args, criterion_names, format_refill_report, refill, refill_layers_report
@@ -27,79 +27,7 @@ from pruner.regroup import UNITS, check_regroup_args, layer_summary, parse_parts
 from utils.checkpoint import TRUST_HELP
 from utils.errors import InvalidInput
 
-# The original code's spellings of our flags.
-FLAG_ALIASES = {
-    "epochs": ("--epoch",),
-    "prune_type": ("--prune-type",),
-    "fillback_rate": ("--fillback-rate",),
-    "criterion": ("--criteria",),
-}
 ACTIVATION_CRITERIA = ("l1", "l2", "saliency")  # refill criteria that score channels on a batch of images
-
-
-def flag(default, help, group, **argparse_options):
-    """A config field that is also a command-line flag (--<field name>)."""
-    return field(default=default, metadata={"help": help, "group": group, **argparse_options})
-
-
-class FlagConfig:
-    """add_args / from_args / flags for a dataclass whose fields are flags."""
-
-    @classmethod
-    def flag_fields(cls):
-        return [f for f in fields(cls) if "help" in f.metadata]
-
-    @classmethod
-    def add_args(cls, parser, skip=(), group=None, **defaults):
-        """Add this config's flags to `parser` (grouped as declared, or all in
-        the argument group `group`), but those named in `skip`; keyword
-        arguments override defaults (a script's own --save_dir). A flag the
-        parser already has (--round_to, shared by refill and regroup) is not
-        added twice."""
-        groups = {}
-        for f in cls.flag_fields():
-            names = [f"--{f.name}", *FLAG_ALIASES.get(f.name, ())]
-            if f.name in skip or any(name in parser._option_string_actions for name in names):
-                continue
-            options = {k: v for k, v in f.metadata.items() if k not in ("group", "flags")}
-            if "action" not in options and isinstance(f.default, bool):
-                options["action"] = "store_false" if f.default else "store_true"
-            names = list(f.metadata.get("flags", names))
-            title = f.metadata["group"]
-            target = group or groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
-            target.add_argument(*names, dest=f.name, default=defaults.get(f.name, f.default), **options)
-        return parser
-
-    @classmethod
-    def from_args(cls, args, **given):
-        """The config of parsed flags; `given` fields (nested configs, values a
-        script fixes) take precedence, a flag the parser lacks keeps its default."""
-        values = {f.name: getattr(args, f.name, f.default) for f in cls.flag_fields()}
-        return cls(**{**values, **given})
-
-    def flags(self):
-        """{flag: value} of this config and the configs inside it, as a run's
-        summary and checkpoints record them ("args")."""
-        values = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if isinstance(value, FlagConfig):
-                values.update(value.flags())
-            elif "help" in f.metadata:
-                values[f.name] = value
-        return values
-
-    def replace(self, **changes):
-        return dataclasses.replace(self, **changes)
-
-
-def add_trust_flag(parser):
-    """--trust_checkpoint, for every script that reads files (TrainConfig declares it for the entry scripts)."""
-    parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
-
-
-def parser_for(description):
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
 
 
 def usable_cores():

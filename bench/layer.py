@@ -7,7 +7,7 @@ import platform
 import torch
 
 from utils.checkpoint import load_file
-from app.config import add_trust_flag
+from app.flags import add_trust_flag
 from utils.errors import InvalidInput
 
 

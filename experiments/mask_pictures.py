@@ -16,7 +16,8 @@ import torch  # noqa: E402
 
 from pruner.mask import Mask  # noqa: E402
 from pruner.refill import kept_channels  # noqa: E402
-from app.config import RegroupConfig, add_trust_flag  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
+from app.flags import add_trust_flag  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 
 

@@ -27,7 +27,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from app.config import ImpConfig, RefillConfig, RegroupConfig, RetrainConfig, TrainConfig, add_trust_flag  # noqa: E402
+from app.config import ImpConfig, RefillConfig, RegroupConfig, RetrainConfig, TrainConfig  # noqa: E402
+from app.flags import add_trust_flag  # noqa: E402
 from app.imp import run_imp  # noqa: E402
 from app.retrain import retrain  # noqa: E402
 from models import build_model, model_names  # noqa: E402

@@ -36,7 +36,8 @@ from pruner.fold_bn import fold_batchnorm  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
 from kernels.permuted import permuted_model  # noqa: E402
-from app.config import RegroupConfig, add_trust_flag  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
+from app.flags import add_trust_flag  # noqa: E402
 from utils.checkpoint import load_file, plain_weights, state_dict_of  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import flops_share, masked_flops, model_flops  # noqa: E402

@@ -23,7 +23,8 @@ import torch  # noqa: E402
 from pruner.mask import Mask  # noqa: E402
 from pruner.partition import connectivity, partition_rows  # noqa: E402
 from pruner.regroup import parts_for, report  # noqa: E402
-from app.config import RegroupConfig, add_trust_flag  # noqa: E402
+from app.config import RegroupConfig  # noqa: E402
+from app.flags import add_trust_flag  # noqa: E402
 from utils.errors import run_cli  # noqa: E402
 
 ORIGINAL_SECONDS = 200.0  # the original algorithm on ResNet-18 at 67% sparsity, this machine class

@@ -8,7 +8,8 @@ import pytest
 import main_eval_fillback
 import main_eval_regroup_retrain
 import main_imp
-from app.config import FLAG_ALIASES, ImpConfig, RefillConfig, RegroupConfig, RetrainConfig, TrainConfig
+from app.config import ImpConfig, RefillConfig, RegroupConfig, RetrainConfig, TrainConfig
+from app.flags import FLAG_ALIASES
 from utils.errors import InvalidInput
 
 SCRIPTS = (main_imp, main_eval_fillback, main_eval_regroup_retrain)

@@ -17,7 +17,7 @@ import torch  # noqa: E402
 
 from pruner.mask import Mask  # noqa: E402
 from utils.checkpoint import load_file, save_atomic, state_dict_of  # noqa: E402
-from app.config import add_trust_flag  # noqa: E402
+from app.flags import add_trust_flag  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 
 
