@@ -22,12 +22,11 @@ from app.datasets import dataset_names, make_loader
 from app.flags import FlagConfig, flag
 from models import model_names
 from pruner.partition import PARTITIONERS
-from pruner.refill import check_refill_args, criterion_names, format_refill_report, refill, refill_layers_report
+from pruner.refill import (check_refill_args, criterion_names, format_refill_report, needs_batch, refill,
+                           refill_layers_report)
 from pruner.regroup import UNITS, check_regroup_args, layer_summary, parse_parts, regroup_layer, regroup_mask, report
 from utils.checkpoint import TRUST_HELP
 from utils.errors import InvalidInput
-
-ACTIVATION_CRITERIA = ("l1", "l2", "saliency")  # refill criteria that score channels on a batch of images
 
 
 def usable_cores():
@@ -126,7 +125,7 @@ class RefillConfig(FlagConfig):
 
     def apply(self, model, mask, data, train):
         """(channel-wise mask, per-layer report) of `model` holding the ticket."""
-        batch = training_batch(data, train) if self.criterion in ACTIVATION_CRITERIA else None
+        batch = training_batch(data, train) if needs_batch(self.criterion) else None
         new_mask = refill(model, mask, self.criterion, self.fillback_rate, batch, self.round_to)
         layers = refill_layers_report(mask, new_mask, self.fillback_rate, self.round_to)
         print(f"{self.name} ({self.criterion}, rate {self.fillback_rate}, round_to {self.round_to}):\n"

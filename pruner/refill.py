@@ -97,6 +97,7 @@ def _feature_scores(kind):
         if kind == "saliency":
             model.zero_grad(set_to_none=True)
         return scores
+    score.needs_batch = True
     return score
 
 
@@ -107,6 +108,11 @@ CRITERIA = {
     "l2": _feature_scores("l2"),
     "saliency": _feature_scores("saliency"),
 }
+
+
+def needs_batch(criterion):
+    """Whether `criterion` scores channels on a batch of training images."""
+    return getattr(CRITERIA[criterion], "needs_batch", False)
 
 
 def criterion_names():

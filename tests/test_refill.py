@@ -14,7 +14,8 @@ from models import build_model, model_names
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
 from pruner.masking import apply_mask
-from pruner.refill import CRITERIA, channel_scores, is_channel_wise, kept_channels, refill, refill_layers_report
+from pruner.refill import (CRITERIA, channel_scores, is_channel_wise, kept_channels, needs_batch, refill,
+                           refill_layers_report)
 from pruner.slim import slim
 from utils.checkpoint import load_file
 from app.datasets import load_dataset
@@ -235,3 +236,8 @@ def test_bad_input(tmp_path, cli_error):
         line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--round_to", bad] + save)
         assert f"--round_to must be a positive whole number of channels (1 = no rounding), got {bad}" in line
     assert not (tmp_path / "out").exists()  # nothing written on bad input
+
+
+def test_criteria_that_score_on_images_say_so():
+    """The lifecycle draws a training batch exactly for these (app.config.RefillConfig.apply)."""
+    assert {name for name in CRITERIA if needs_batch(name)} == {"l1", "l2", "saliency"}
