@@ -99,10 +99,6 @@ def get_args_parser():
 
 def check_args(args):
     """Fill the --quick / full defaults and reject bad input before any run starts."""
-    if args.dataset not in dataset_names():
-        raise InvalidInput(f"unknown --dataset '{args.dataset}'; valid: {', '.join(dataset_names())}")
-    if args.arch not in model_names():
-        raise InvalidInput(f"unknown --arch '{args.arch}'; valid: {', '.join(model_names())}")
     unknown = [m for m in args.methods if m not in METHODS]
     if unknown:
         raise InvalidInput(f"unknown method '{unknown[0]}'; valid: {', '.join(METHODS)}")
@@ -118,7 +114,9 @@ def check_args(args):
         raise InvalidInput("--pruning_times must be at least 2: the retraining methods start from IMP states >= 1")
     if not 0.0 < args.fillback_rate <= 1.0:
         raise InvalidInput(f"--fillback_rate (refill+) must be in (0, 1], got {args.fillback_rate}")
-    RegroupConfig.from_args(args)  # refuses bad regroup settings before any run
+    # The configs every run is made of refuse bad values (dataset, arch, regroup settings) before any run.
+    TrainConfig(dataset=args.dataset, data=args.data, arch=args.arch, epochs=args.epochs, gpu=args.gpu)
+    RegroupConfig.from_args(args)
 
 
 def training_config(args):
@@ -142,7 +140,7 @@ def claim_out_dir(args):
         json.dump(config, f, indent=1)
 
 
-# ---- running the entry scripts ------------------------------------------------------------------------------
+# ---- running the API ------------------------------------------------------------------------------------------
 
 def run_logged(run, save_dir, finished, what):
     """run(resume) unless save_dir's summary already says `finished`; a run
