@@ -64,6 +64,8 @@ def compare_layer(weight, blocks, unit, stride, padding, dilation, input_shape, 
             conv, kernel_inputs = conv.to(dtype), inputs
         error, ok = check_layer(conv, kernel_inputs[0], reference, precision, kernel)
         row[kernel] = {"error": error, "ok": ok}
+        if kernel == "triton":
+            row[kernel]["config"] = conv.triton_config_used()  # the tuner's variant and tiles
         if ok:
             calls[kernel] = (conv, kernel_inputs)
     timer = graph_timings if cuda_graphs else eager_timings

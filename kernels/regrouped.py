@@ -47,7 +47,7 @@ class RegroupedConv2d(nn.Module):
         if kernel not in KERNELS:
             raise ValueError(f"unknown kernel '{kernel}'; valid: {', '.join(KERNELS)}")
         self.unit, self.kernel = unit, kernel
-        self.triton_config = None  # None: tuned per shape on a GPU; a dict of BLOCK_M, num_warps, num_stages fixes it
+        self.triton_config = None  # None: tuned per shape on a GPU; a dict of BLOCK_M, num_warps, num_stages (and variant) fixes it
         self.out_channels, self.in_channels, kh, kw = weight.shape
         self.kernel_size = (kh, kw)
         self.stride, self.padding, self.dilation = _pair(stride), _pair(padding), _pair(dilation)
@@ -201,6 +201,10 @@ class RegroupedConv2d(nn.Module):
             self._triton_bias = None if self.bias is None else self.bias.detach().to(device, torch.float32).contiguous()
             self._triton_weights_key = key
         return self._triton_structure, self._triton_tables, self._triton_weights, self._triton_bias
+
+    def triton_config_used(self):
+        """The Triton variant and tiles this layer ran last (None before its first Triton run)."""
+        return getattr(self, "_triton_tables", {}).get("config")
 
     def _forward_triton(self, x, out=None, config=None):
         structure, tables, weights, bias = self.triton_state(x.device, x.dtype)

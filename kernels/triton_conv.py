@@ -33,15 +33,20 @@ every precision but slower than cuDNN (docs/gpu/NOTES.md).
 """
 import functools
 import os
+import sys
 
 import torch
 
 TILE_ROWS = (16, 32, 64, 128)  # BLOCK_N candidates: tl.dot needs at least 16
 MACS_PER_GATHERED_LOAD = 64  # tensor-core MACs that cost about as much as one gathered element load (H100-class)
 INTERPRETER_CONFIG = {"BLOCK_M": 32, "num_warps": 1, "num_stages": 1}
-GPU_CONFIGS = [  # (BLOCK_M, num_warps, num_stages); the first is the untuned default
+GPU_CONFIGS = [  # (BLOCK_M, num_warps, num_stages) of the "gather" variant; the first is the untuned default
     (64, 4, 3), (128, 4, 3), (64, 4, 2), (128, 8, 3),
 ]
+TILE_CONFIGS = [  # the same for the "tile" variant (channel unit, stride 1): boxes of 128 pixels feed the bulk copies
+    (128, 4, 3), (128, 8, 4), (64, 4, 3),
+]
+VARIANTS = ("gather", "tile")
 MAX_TAPS = 31  # a pixel's in-bounds taps are bits of one int32
 SUPPORTED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -125,6 +130,65 @@ def _kernel(interpret):
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & row_ok[None, :])
 
     return regrouped_conv_kernel
+
+
+@functools.lru_cache(maxsize=None)
+def _tile_kernel(interpret):
+    """The "tile" variant (channel unit, stride 1), decorated on first use.
+
+    A program computes a box of output pixels (BN_IMG images x BH rows x BW
+    columns, BLOCK_M = their product) for one task. Because the stride is 1,
+    the input a tap reads for that box is the same box shifted by the tap:
+    one rectangular [BN_IMG, BH, BW, BLOCK_K] load through a tensor
+    descriptor over the gathered input copy (the bulk-copy engine on Hopper;
+    coordinates outside the image read zeros, which is the padding). K steps
+    run tap-major over the task's chunks of BLOCK_K consecutive channels."""
+    import triton
+    import triton.language as tl
+
+    @triton.jit(do_not_specialize=["N", "OH", "OW", "C_OUT", "pad_h", "pad_w", "dil_h", "dil_w"])
+    def regrouped_conv_tile_kernel(x_desc, w_desc, bias_ptr, y_ptr, tasks_ptr, rows_ptr, chunk_c_ptr,
+                                   N, OH, OW, C_OUT, pad_h, pad_w, dil_h, dil_w,
+                                   KH: tl.constexpr, KW: tl.constexpr, PRECISION: tl.constexpr,
+                                   BN_IMG: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
+                                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        BLOCK_M: tl.constexpr = BN_IMG * BH * BW
+        pid_m = tl.program_id(0)
+        task = tl.program_id(1)
+        tiles_w = tl.cdiv(OW, BW)
+        tiles_h = tl.cdiv(OH, BH)
+        ow0 = (pid_m % tiles_w) * BW
+        oh0 = ((pid_m // tiles_w) % tiles_h) * BH
+        n0 = (pid_m // (tiles_w * tiles_h)) * BN_IMG
+        first_chunk = tl.load(tasks_ptr + task * 3)
+        num_chunks = tl.load(tasks_ptr + task * 3 + 1)
+        w_start = tl.load(tasks_ptr + task * 3 + 2)
+        per_tap = num_chunks // (KH * KW)  # a channel-unit block reads the same channels at every tap
+        c_first = tl.load(chunk_c_ptr + first_chunk)
+
+        w_row = w_start // BLOCK_N  # packed weights seen as [rows of BLOCK_N]: a chunk is BLOCK_K of them
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        for j in range(0, num_chunks):
+            tap = j // per_tap
+            c = c_first + (j - tap * per_tap) * BLOCK_K
+            a = x_desc.load([n0, oh0 - pad_h + (tap // KW) * dil_h, ow0 - pad_w + (tap % KW) * dil_w, c])
+            a = tl.reshape(a, (BLOCK_M, BLOCK_K))
+            b = w_desc.load([w_row + j * BLOCK_K, 0])  # slots outside the block hold zero weights
+            acc = tl.dot(a, b, acc, input_precision=PRECISION)
+
+        offs_n = tl.arange(0, BLOCK_N)
+        offs_m = tl.arange(0, BLOCK_M)
+        n = n0 + offs_m // (BH * BW)
+        oh = oh0 + (offs_m // BW) % BH
+        ow = ow0 + offs_m % BW
+        m_ok = (n < N) & (oh < OH) & (ow < OW)  # a box may overhang the batch or the image
+        rows = tl.load(rows_ptr + task * BLOCK_N + offs_n)
+        row_ok = rows >= 0
+        acc += tl.load(bias_ptr + rows, mask=row_ok, other=0.0)[None, :]
+        out = y_ptr + (((n * OH + oh) * OW + ow) * C_OUT)[:, None] + rows[None, :]
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=m_ok[:, None] & row_ok[None, :])
+
+    return regrouped_conv_tile_kernel
 
 
 def _tile_rows(row_counts, col_counts):
@@ -275,7 +339,7 @@ def pack_weights(structure, block_weights, dtype, device, block_k):
         w = torch.nn.functional.pad(w, (0, -w.shape[1] % tile))
         w = w.reshape(-1, block_k, w.shape[1] // tile, tile).permute(2, 0, 1, 3)  # [row tiles, chunks, K, tile]
         tiles.append(w.reshape(-1))
-    flat = torch.cat(tiles) if tiles else torch.zeros(1)
+    flat = torch.cat(tiles) if tiles else torch.zeros(tile)
     return flat.to(device=device, dtype=dtype).contiguous()
 
 
@@ -292,12 +356,40 @@ def tf32_allowed():
     return bool(torch.backends.cudnn.allow_tf32)
 
 
-def _config(bm, warps, stages):
-    return {"BLOCK_M": bm, "num_warps": warps, "num_stages": stages}
+def _config(bm, warps, stages, variant="gather"):
+    return {"BLOCK_M": bm, "num_warps": warps, "num_stages": stages, "variant": variant}
 
 
-def default_config():
-    return _config(*GPU_CONFIGS[0])
+def default_config(variant="gather"):
+    """The untuned GPU configuration of a variant."""
+    return _config(*(TILE_CONFIGS if variant == "tile" else GPU_CONFIGS)[0], variant)
+
+
+def tile_variant_reason(structure, stride):
+    """Why the "tile" variant cannot compute this layer (None when it can)."""
+    if structure["unit"] != "channel":
+        return "the tile variant reads whole channel chunks: channel unit only"
+    if tuple(stride) != (1, 1):
+        return "the tile variant shifts one box of pixels per tap: stride 1 only"
+    try:
+        from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
+    except ImportError:
+        return "this Triton has no tensor descriptors (triton >= 3.4 has)"
+    return None
+
+
+def variants_for(structure, stride):
+    return ("gather",) + (("tile",) if tile_variant_reason(structure, stride) is None else ())
+
+
+def pixel_box(oh, ow, block_m):
+    """(images, rows, columns) of a tile variant program's box of output
+    pixels: whole rows where they fit, powers of two, block_m in all."""
+    def pow2_at_least(v):
+        return 1 << max(0, (int(v) - 1).bit_length())
+    bw = min(pow2_at_least(ow), block_m)
+    bh = min(pow2_at_least(oh), block_m // bw)
+    return block_m // (bw * bh), bh, bw
 
 
 def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padding, out=None, config=None):
@@ -319,52 +411,88 @@ def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padd
         out = torch.empty((n, out_channels, oh, ow), device=x.device, dtype=x.dtype, memory_format=torch.channels_last)
     if max(x.numel(), out.numel()) >= 2 ** 31:
         raise ValueError("the Triton kernel indexes with 32-bit offsets: split the batch")
-    m = n * oh * ow
     if tables["gather"] is not None:  # channel unit: every group's input channels side by side, channels-last
         flat = x.permute(0, 2, 3, 1).reshape(-1, c_in).index_select(1, tables["gather"])
         c_in = flat.shape[1]
         x = flat.view(n, h, w, c_in).permute(0, 3, 1, 2)
     precision = "ieee" if x.dtype == torch.float32 and not tf32_allowed() else "tf32"  # 16-bit inputs ignore it
-    if bias is None:
-        bias = tables["zero_bias"]
-    args = (x, weights, bias, out, tables["tasks"], tables["rows"], tables["chunk_tap"], tables["chunk_c"], m, c_in,
-            h, w, oh, ow, out_channels, stride[0], stride[1], padding[0], padding[1], *structure["dilation"])
-    kernel = _kernel(interpreting())
-    tile = structure["tile"]
-    num_tasks = tables["tasks"].shape[0]
-    kh, kw = structure["kernel_size"]
-    constants = {"KH": kh, "KW": kw, "CONTIGUOUS": tables["gather"] is not None, "PRECISION": precision, "BLOCK_N": tile, "BLOCK_K": chunk_size(x.dtype)}
-    if config is None and x.device.type == "cpu":
-        config = INTERPRETER_CONFIG
-    elif config is None:  # layers of one shape share their tuned tiles
-        key = (x.device.index, x.dtype, precision, tile, kh, kw, c_in, out_channels, m, h, w, stride, padding)
-        config = _tuned(key, lambda cfg: _launch(kernel, args, constants, num_tasks, m, cfg))
-    _launch(kernel, args, constants, num_tasks, m, config)
+    variants = variants_for(structure, stride)
+    if config is None and x.device.type == "cpu":  # the interpreter: the most specialised variant that applies
+        config = dict(INTERPRETER_CONFIG, variant=variants[-1])
+    elif config is None:  # layers of one shape share their tuned variant and tiles
+        key = (x.device.index, x.dtype, precision, structure["tile"], *structure["kernel_size"], c_in, out_channels,
+               n, h, w, stride, padding, variants)
+        config = _tuned(key, variants, lambda cfg: _launch(x, weights, tables, structure, bias, out, stride,
+                                                            padding, precision, cfg))
+    variant = config.get("variant", "gather")
+    if variant not in variants:
+        raise ValueError(f"the '{variant}' variant cannot compute this layer: "
+                         f"{tile_variant_reason(structure, stride)}")
+    _launch(x, weights, tables, structure, bias, out, stride, padding, precision, config)
+    tables["config"] = config  # what this layer ran last, for reports
     return out
 
 
-def _launch(kernel, args, constants, num_tasks, m, config):
-    kernel[(-(-m // config["BLOCK_M"]), num_tasks)](*args, **constants, **config)
+def _launch(x, weights, tables, structure, bias, out, stride, padding, precision, config):
+    """One launch of `config`'s variant over the whole layer."""
+    n, c_in, h, w = x.shape
+    _, out_channels, oh, ow = out.shape
+    kh, kw = structure["kernel_size"]
+    num_tasks = tables["tasks"].shape[0]
+    bias = tables["zero_bias"] if bias is None else bias
+    tiles = {"num_warps": config["num_warps"], "num_stages": config["num_stages"]}
+    constants = {"KH": kh, "KW": kw, "PRECISION": precision, "BLOCK_N": structure["tile"],
+                 "BLOCK_K": chunk_size(x.dtype)}
+    if config.get("variant", "gather") == "tile":
+        from triton.tools.tensor_descriptor import TensorDescriptor
+        images, rows, cols = pixel_box(oh, ow, config["BLOCK_M"])
+        nhwc = x.permute(0, 2, 3, 1)  # the gathered copy: contiguous [n, h, w, channels]
+        x_desc = TensorDescriptor(nhwc, list(nhwc.shape), list(nhwc.stride()), [images, rows, cols, constants["BLOCK_K"]])
+        packed = weights.view(-1, structure["tile"])  # every task's tiles are whole rows of BLOCK_N weights
+        w_desc = TensorDescriptor(packed, list(packed.shape), list(packed.stride()), [constants["BLOCK_K"], structure["tile"]])
+        grid = (-(-n // images) * -(-oh // rows) * -(-ow // cols), num_tasks)
+        _tile_kernel(interpreting())[grid](
+            x_desc, w_desc, bias, out, tables["tasks"], tables["rows"], tables["chunk_c"], n, oh, ow, out_channels,
+            padding[0], padding[1], *structure["dilation"], BN_IMG=images, BH=rows, BW=cols, **constants, **tiles)
+        return
+    m = n * oh * ow
+    _kernel(interpreting())[(-(-m // config["BLOCK_M"]), num_tasks)](
+        x, weights, bias, out, tables["tasks"], tables["rows"], tables["chunk_tap"], tables["chunk_c"], m, c_in, h, w,
+        oh, ow, out_channels, stride[0], stride[1], padding[0], padding[1], *structure["dilation"],
+        CONTIGUOUS=tables["gather"] is not None, BLOCK_M=config["BLOCK_M"], **constants, **tiles)
 
 
 _TUNED = {}  # shape key -> best config: a memo of a pure measurement, safe to share between runs
 
 
-def _tuned(key, launch):
-    """The fastest of GPU_CONFIGS for this shape (triton.testing.do_bench median, ~20 ms per configuration)."""
+def candidates(variants):
+    """Every configuration the tuner tries for a layer whose usable variants are `variants`."""
+    return [_config(*c, "gather") for c in GPU_CONFIGS] + \
+        ([_config(*c, "tile") for c in TILE_CONFIGS] if "tile" in variants else [])
+
+
+def _tuned(key, variants, launch):
+    """The fastest configuration for this shape, variants included
+    (triton.testing.do_bench median, ~20 ms per configuration)."""
     if key in _TUNED:
         return _TUNED[key]
-    if os.environ.get("STRUCTLTH_TRITON_CONFIG"):  # "BLOCK_M,num_warps,num_stages": skip tuning
-        _TUNED[key] = _config(*(int(v) for v in os.environ["STRUCTLTH_TRITON_CONFIG"].split(",")))
+    if os.environ.get("STRUCTLTH_TRITON_CONFIG"):  # "BLOCK_M,num_warps,num_stages[,variant]": skip tuning
+        fields = os.environ["STRUCTLTH_TRITON_CONFIG"].split(",")
+        variant = fields[3] if len(fields) > 3 and fields[3] in variants else "gather"
+        _TUNED[key] = _config(*(int(v) for v in fields[:3]), variant)
         return _TUNED[key]
     from triton.testing import do_bench
     timings = {}
-    for candidate in GPU_CONFIGS:
-        config = _config(*candidate)
+    for config in candidates(variants):
+        candidate = tuple(config.values())
         try:
             launch(config)  # compiles
         except Exception as err:  # a configuration this GPU cannot run (shared memory, registers)
             if "OutOfResources" in type(err).__name__ or "out of resource" in str(err).lower():
+                continue
+            if config["variant"] == "tile":  # this GPU or Triton cannot build the bulk-copy variant: keep gathering
+                print(f"kernels.triton_conv: the tile variant failed ({type(err).__name__}: {str(err)[:200]}); "
+                      "using the gather variant", file=sys.stderr)
                 continue
             raise
         # do_bench clears the L2 before each timed call, which also keeps the GPU busy while Python

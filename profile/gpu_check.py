@@ -57,7 +57,9 @@ def get_args_parser():
     p.add_argument("--sparsities", type=float, nargs="+", default=[0.95, 0.98],
                    help="global magnitude sparsity of the two tickets")
     p.add_argument("--rows_per_part", type=int, default=32)
-    p.add_argument("--regroup_unit", default="weight", choices=["weight", "channel"])
+    p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"],
+                   help="the channel unit's stride-1 layers can run the Triton kernel's tile variant (bulk copies); "
+                        "weight-unit layers run its gather variant")
     p.add_argument("--layer_batch", type=int, default=64)
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256], help="end-to-end batch sizes")
     p.add_argument("--precisions", nargs="+", default=["tf32", "bf16"], choices=["fp32", "tf32", "fp16", "bf16"])
@@ -111,7 +113,7 @@ class CudaBuild(threading.Thread):
 def check_kernels(build):
     """(a): every case, unit and precision; Triton into a NaN-poisoned output."""
     from kernels.regrouped import RegroupedConv2d
-    from kernels.triton_conv import default_config
+    from kernels.triton_conv import default_config, variants_for
     from bench.gpu import apply_precision, relative_error
     from bench.tickets import TOLERANCE, check_layer, random_regrouped_layer
     rows, layers = [], []
@@ -127,11 +129,13 @@ def check_kernels(build):
         for precision in ("fp32", "tf32", "fp16", "bf16"):
             dtype = apply_precision(precision)
             conv = RegroupedConv2d(*layer, kernel="triton").cuda()
-            conv.triton_config = default_config()
-            error, ok = check_layer(conv, x64.to(dtype).contiguous(memory_format=torch.channels_last), reference,
-                                    precision, "triton")
-            rows.append({"case": case, "unit": unit, "precision": precision, "kernel": "triton", "error": error,
-                         "ok": ok, "limit": TOLERANCE[precision]})
+            structure = conv.triton_state(x64.device, dtype)[0]
+            for variant in variants_for(structure, conv.stride):  # every variant the tuner may choose
+                conv.triton_config = default_config(variant)
+                error, ok = check_layer(conv, x64.to(dtype).contiguous(memory_format=torch.channels_last), reference,
+                                        precision, "triton")
+                rows.append({"case": case, "unit": unit, "precision": precision, "kernel": "triton",
+                             "variant": variant, "error": error, "ok": ok, "limit": TOLERANCE[precision]})
     if build.ready():  # the CUDA C kernel: fp32 FMA, NCHW
         apply_precision("fp32")
         for case, unit, layer, x64, reference in layers:
@@ -206,7 +210,7 @@ def layer_tables(args, tickets, build):
                 t = row.get("triton", {})
                 print(f"  {sparsity} {precision} {name:<22} density {info.density_after:.3f} cudnn "
                       f"{row['cudnn']['ms']:.4f} ms triton {t.get('ms', float('nan')):.4f} ms "
-                      f"({t.get('vs_cudnn', float('nan')):.2f}x of cuDNN) cuda C "
+                      f"({t.get('vs_cudnn', float('nan')):.2f}x of cuDNN, {_variant(t)}) cuda C "
                       f"{row.get('cuda', {}).get('ms', float('nan')):.4f} ms", flush=True)
     return out
 
@@ -279,17 +283,18 @@ def markdown(data, args):
                   f"~{args.rows_per_part} rows (cn = c_out/{args.rows_per_part}, b2 {args.rows_per_part // 2}, t1 1.5), "
                   f"CUDA-graph medians of {args.repeats} replays over rotating inputs [p10-p90]; time relative to "
                   "cuDNN in the same precision (lower is faster); CUDA C runs fp32 (no tensor cores) on NCHW copies.",
+                  "Triton variant: the tuner's choice (gather or tile) and BLOCK_M/warps/stages.",
                   "", "| ticket | precision | layer | k | density | blocks | cuDNN ms | Triton ms | Triton/cuDNN | "
-                  "CUDA C ms | CUDA C/cuDNN | choice |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "Triton variant | CUDA C ms | CUDA C/cuDNN | choice |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in layers:
             if not r.get("blocks"):
-                lines.append(f"| {r['sparsity']} | {r['precision']} | {r['layer']} | | | 0 | | | | | | cuDNN (no block) |")
+                lines.append(f"| {r['sparsity']} | {r['precision']} | {r['layer']} | | | 0 | | | | | | | cuDNN (no block) |")
                 continue
             t, c, d = r.get("triton", {}), r.get("cuda", {}), r["cudnn"]
             choice = "Triton" if t.get("vs_cudnn", 9) < 1 else "cuDNN"
             lines.append(f"| {r['sparsity']} | {r['precision']} | {r['layer']} | {r['kernel_size']} | {r['density']:.3f} "
                          f"| {r['blocks']} | {d['ms']:.4f} [{d['p10']:.4f}-{d['p90']:.4f}] | {_ms(t)} | {_ratio(t)} "
-                         f"| {_ms(c)} | {_ratio(c)} | {choice} |")
+                         f"| {_variant(t)} | {_ms(c)} | {_ratio(c)} | {choice} |")
         lines.append("")
     e2e = data.get("end_to_end")
     if isinstance(e2e, list):
@@ -318,6 +323,11 @@ def markdown(data, args):
 
 def _ms(t):
     return f"{t['ms']:.4f} [{t['p10']:.4f}-{t['p90']:.4f}]" if "ms" in t else ("failed" if t else "")
+
+
+def _variant(t):
+    c = t.get("config") or {}
+    return f"{c.get('variant', 'gather')} {c['BLOCK_M']}/{c['num_warps']}/{c['num_stages']}" if "BLOCK_M" in c else ""
 
 
 def _ratio(t):

@@ -160,3 +160,27 @@ def test_layer_and_network_scripts_refuse_gpu_precisions_on_the_cpu(digits_imp_r
     line = cli_error(end_to_end, [str(digits_imp_run / "1checkpoint.pth.tar"), "--image_size", "8", "--dtype", "tf32"])
     assert "--dtype tf32: the CPU paths compute in fp32" in line
     assert "must be at least 1" in cli_error(end_to_end, [str(digits_imp_run / "1checkpoint.pth.tar"), "--batch_size", "0"])
+
+
+def test_gpu_report_names_the_triton_variant_and_the_sweep_reads_variants():
+    """What a GPU session reads back: gpu_check's layer table says which
+    variant and tiles the tuner chose; kernel_sweep takes a variant per
+    configuration and refuses a bad one in one line."""
+    import pytest
+    from utils.errors import InvalidInput
+    sweep = load_script("profile/regroup_conv/kernel_sweep.py")
+    assert sweep.parse_configs(["128,4,3,tile", "64,4,2"]) == [
+        {"BLOCK_M": 128, "num_warps": 4, "num_stages": 3, "variant": "tile"},
+        {"BLOCK_M": 64, "num_warps": 4, "num_stages": 2, "variant": "gather"}]
+    for bad in ["128,4", "128,4,3,fast", "a,4,3", "128,4,3,tile,1"]:
+        with pytest.raises(InvalidInput, match=f"BLOCK_M,WARPS,STAGES\\[,VARIANT\\] .*got '{re.escape(bad)}'"):
+            sweep.parse_configs([bad])
+    gpu_check = load_script("profile/gpu_check.py")
+    args = gpu_check.get_args_parser().parse_args(["--out", "unused"])
+    assert args.regroup_unit == "channel"
+    timing = {"ms": 0.01, "p10": 0.009, "p90": 0.011}
+    row = {"sparsity": 0.98, "precision": "bf16", "layer": "layer3.0.conv2", "kernel_size": 3, "density": 0.25,
+           "blocks": 14, "cudnn": timing, "triton": dict(timing, vs_cudnn=0.5, config={
+               "BLOCK_M": 128, "num_warps": 4, "num_stages": 3, "variant": "tile"})}
+    text = gpu_check.markdown({"versions": {"gpu": "test"}, "layers": [row]}, args)
+    assert "| 0.50 | tile 128/4/3 |" in text and text.count("| Triton |") == 1

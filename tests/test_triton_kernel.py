@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kernels import triton_conv
 from kernels.regrouped import RegroupedConv2d, regroup_model
 from bench.gpu import relative_error
 from bench.tickets import random_regrouped_layer
@@ -44,6 +45,42 @@ def test_kernel_matches_conv2d_and_writes_every_output(case, unit, dtype):
     assert got.data_ptr() == out.data_ptr() and got.is_contiguous(memory_format=torch.channels_last)
     assert bool(torch.isfinite(got).all()), "an output element was not written"
     assert relative_error(got, reference) < LIMIT[dtype]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c[3] == 1], ids=lambda c: f"{c[0]}x{c[1]}k{c[2]}p{c[4]}d{c[5]}")
+def test_both_variants_of_the_channel_unit_agree_with_conv2d(case):
+    """Stride-1 channel-unit layers run the "tile" variant by default here;
+    the "gather" variant (what strided layers run) must give the same."""
+    c_out, c_in, k, stride, padding, dilation, batch, size = case
+    generator = torch.Generator().manual_seed(100 + CASES.index(case))
+    weight, blocks, bias = random_regrouped_layer(c_out, c_in, k, "channel", generator)
+    conv = RegroupedConv2d(weight, blocks, "channel", stride, padding, dilation, bias, kernel="triton")
+    x = torch.randn(batch, c_in, size, size, generator=generator)
+    reference = F.conv2d(x.double(), weight.double(), bias.double(), stride, padding, dilation)
+    structure = conv.triton_state(x.device, x.dtype)[0]
+    assert triton_conv.variants_for(structure, conv.stride) == ("gather", "tile")
+    for variant in triton_conv.VARIANTS:
+        out = torch.full(reference.shape, float("nan")).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            conv._forward_triton(x, out=out, config=dict(triton_conv.INTERPRETER_CONFIG, variant=variant))
+        assert bool(torch.isfinite(out).all()), f"{variant}: an output element was not written"
+        assert relative_error(out, reference) < LIMIT[torch.float32], variant
+
+
+def test_tile_variant_boxes_and_where_it_applies():
+    assert triton_conv.pixel_box(32, 32, 128) == (1, 4, 32)  # whole rows of a CIFAR layer1 map
+    assert triton_conv.pixel_box(8, 8, 128) == (2, 8, 8)  # small maps: several images a box
+    assert triton_conv.pixel_box(7, 5, 32) == (1, 4, 8)  # odd sizes: the box overhangs, stores are masked
+    generator = torch.Generator().manual_seed(8)
+    for unit, stride, works in (("channel", 1, True), ("channel", 2, False), ("weight", 1, False)):
+        weight, blocks, _ = random_regrouped_layer(20, 12, 3, unit, generator)
+        conv = RegroupedConv2d(weight, blocks, unit, stride, 1, kernel="triton")
+        x = torch.randn(1, 12, 6, 6, generator=generator)
+        structure = conv.triton_state(x.device, x.dtype)[0]
+        assert ("tile" in triton_conv.variants_for(structure, conv.stride)) == works
+        if not works:
+            with pytest.raises(ValueError, match="'tile' variant cannot compute this layer: .*(stride 1|channel unit)"):
+                conv._forward_triton(x, config=dict(triton_conv.INTERPRETER_CONFIG, variant="tile"))
 
 
 def test_gradients_match_autograd_through_conv2d():

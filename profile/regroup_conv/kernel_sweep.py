@@ -1,4 +1,4 @@
-"""Time every Triton tile configuration of the regrouped-convolution kernel
+"""Time every Triton configuration (variant and tiles) of the regrouped-convolution kernel
 on ResNet-18 layers against cuDNN (GPU only): what the tuner chooses from,
 and where a new configuration would pay.
 
@@ -32,27 +32,38 @@ def get_args_parser():
     p.add_argument("--layers", nargs="+", default=["layer1.0.conv1", "layer2.0.conv2", "layer3.0.conv2"])
     p.add_argument("--sparsity", type=float, default=0.98)
     p.add_argument("--rows_per_part", type=int, default=32)
-    p.add_argument("--regroup_unit", default="weight", choices=["weight", "channel"])
+    p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"],
+                   help="channel: stride-1 layers also try the tile variant")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--precision", default="bf16", choices=["fp32", "tf32", "fp16", "bf16"])
     p.add_argument("--repeats", type=int, default=50)
-    p.add_argument("--configs", nargs="+", default=None, metavar="BLOCK_M,WARPS,STAGES",
-                   help="configurations to try (default: the tuner's)")
+    p.add_argument("--configs", nargs="+", default=None, metavar="BLOCK_M,WARPS,STAGES[,VARIANT]",
+                   help="configurations to try, VARIANT gather (default) or tile (default: the tuner's, per layer)")
     p.add_argument("--once", action="store_true", help="run each configuration once, untimed (for ncu)")
     return p
+
+
+def parse_configs(texts):
+    """["BLOCK_M,WARPS,STAGES[,VARIANT]", ...] -> the kernel's config dicts."""
+    configs = []
+    for text in texts:
+        fields = text.split(",")
+        try:
+            numbers = tuple(int(v) for v in fields[:3])
+        except ValueError:
+            numbers = ()
+        if len(numbers) != 3 or len(fields) > 4 or (len(fields) == 4 and fields[3] not in triton_conv.VARIANTS):
+            raise InvalidInput(f"--configs takes BLOCK_M,WARPS,STAGES[,VARIANT] with VARIANT one of "
+                               f"{', '.join(triton_conv.VARIANTS)}, got '{text}'")
+        configs.append(triton_conv._config(*numbers, *fields[3:]))
+    return configs
 
 
 @torch.no_grad()
 def main(args):
     if not torch.cuda.is_available():
         raise InvalidInput("kernel_sweep.py times the Triton kernel on a CUDA GPU, and PyTorch sees none")
-    try:
-        configs = [tuple(int(v) for v in c.split(",")) for c in args.configs] if args.configs else \
-            triton_conv.GPU_CONFIGS
-    except ValueError:
-        raise InvalidInput(f"--configs takes BLOCK_M,WARPS,STAGES triples, got {args.configs}") from None
-    if any(len(c) != 3 for c in configs):
-        raise InvalidInput(f"--configs takes BLOCK_M,WARPS,STAGES triples, got {args.configs}")
+    configs = parse_configs(args.configs) if args.configs else None
     dtype = apply_precision(args.precision)
     print(precision_line(args.precision))
     masked, regrouped_mask, infos, shapes = resnet18_tickets(args.sparsity, args.rows_per_part, args.regroup_unit,
@@ -69,8 +80,13 @@ def main(args):
         reference = F.conv2d(inputs[0].double(), weight.double(), None, conv.stride, conv.padding)
         dense = weight.to(dtype).contiguous(memory_format=torch.channels_last)
         calls = {"cudnn": (lambda x: F.conv2d(x, dense, None, conv.stride, conv.padding), inputs)}
-        for candidate in configs:
-            config = triton_conv._config(*candidate)
+        structure = layer.triton_state(inputs[0].device, dtype)[0]
+        variants = triton_conv.variants_for(structure, layer.stride)
+        for config in configs or triton_conv.candidates(variants):
+            if config["variant"] not in variants:
+                print(f"  {name}: skipping {config}: {triton_conv.tile_variant_reason(structure, layer.stride)}")
+                continue
+            candidate = tuple(config.values())
 
             def run(x, config=config):
                 return layer._forward_triton(x, config=config)
@@ -78,7 +94,6 @@ def main(args):
             if not error < TOLERANCE[args.precision]:
                 raise InvalidInput(f"{name} with {config}: relative error {error:.2e}")
             calls[str(candidate)] = (run, inputs)
-        structure = layer._triton_structure
         chunks = triton_conv.chunks(structure, triton_conv.chunk_size(dtype))
         print(f"{name}: input {shapes[name]}, density {info.density_after:.3f}, {len(info.blocks)} blocks, "
               f"BLOCK_N {structure['tile']}, {chunks['tasks'].shape[0]} tasks, {len(chunks['chunk_tap'])} chunks "
