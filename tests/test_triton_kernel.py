@@ -81,6 +81,15 @@ def test_tile_variant_boxes_and_where_it_applies():
         if not works:
             with pytest.raises(ValueError, match="'tile' variant cannot compute this layer: .*(stride 1|channel unit)"):
                 conv._forward_triton(x, config=dict(triton_conv.INTERPRETER_CONFIG, variant="tile"))
+    # The GPU's default box on a 4x4 map: 8 images a box, 3 in the batch, so most of the box overhangs it.
+    weight, blocks, bias = random_regrouped_layer(48, 40, 3, "channel", generator)
+    conv = RegroupedConv2d(weight, blocks, "channel", 1, 1, 1, bias, kernel="triton")
+    x = torch.randn(3, 40, 4, 4, generator=generator)
+    reference = F.conv2d(x.double(), weight.double(), bias.double(), 1, 1)
+    out = torch.full(reference.shape, float("nan")).contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        conv._forward_triton(x, out=out, config=triton_conv.default_config("tile"))
+    assert bool(torch.isfinite(out).all()) and relative_error(out, reference) < LIMIT[torch.float32]
 
 
 def test_gradients_match_autograd_through_conv2d():
