@@ -19,17 +19,23 @@ a task being one row tile of one block, longest first. Output rows outside
 every block form tasks without chunks: the kernel itself writes their bias
 (or zeros), so no output buffer needs clearing.
 
+That is the "gather" variant. The "tile" variant (_tile_kernel) computes
+channel-unit layers of stride 1 from rectangular boxes instead: see its
+docstring. On a GPU the tuner chooses between them per layer shape.
+
 Block weights are packed per (dtype, weights version, device) into
 [chunks, BLOCK_K, BLOCK_N] tiles, one set per task, and cached by
-RegroupedConv2d. On a GPU the tiles (BLOCK_M, warps, stages) are tuned per
-layer shape (triton.testing.do_bench over GPU_CONFIGS, cached by shape); the
-interpreter uses one small fixed configuration.
+RegroupedConv2d. On a GPU the variant and tiles (BLOCK_M, warps, stages) are
+tuned per layer shape (triton.testing.do_bench over GPU_CONFIGS and
+TILE_CONFIGS, cached by shape); the interpreter uses one small fixed
+configuration, with the tile variant wherever it applies.
 
 With TRITON_INTERPRET=1 in the environment before triton is first imported
 (triton decorates its own library at import), the kernel runs on CPU tensors
 in Triton's interpreter; its bf16 dot is wrong and it ignores TF32, so bf16
-and TF32 are checked on a GPU only. Measured on an H200 it is correct in
-every precision but slower than cuDNN (docs/gpu/NOTES.md).
+and TF32 are checked on a GPU only. Measured on an H200 the gather variant
+is correct in every precision but slower than cuDNN; the tile variant has
+not run on a GPU yet (docs/gpu/NOTES.md).
 """
 import functools
 import os

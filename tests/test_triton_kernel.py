@@ -1,6 +1,6 @@
 """The Triton kernel of the regrouped convolution, run by Triton's CPU
-interpreter (TRITON_INTERPRET=1), against F.conv2d in float64: both units,
-1x1 and 3x3, strides, padding, dilation, odd batches and channel counts,
+interpreter (TRITON_INTERPRET=1), against F.conv2d in float64: both units
+and both variants (gather; tile for channel-unit stride-1 layers), 1x1 and 3x3, strides, padding, dilation, odd batches and channel counts,
 rows outside every block, fp32 and fp16 (the interpreter's bf16 dot is wrong
 and it ignores TF32: those are checked by profile/gpu_check.py on a GPU).
 Every output element must be written: the output buffer starts as NaN.
