@@ -373,6 +373,8 @@ def default_config(variant="gather"):
 
 def tile_variant_reason(structure, stride):
     """Why the "tile" variant cannot compute this layer (None when it can)."""
+    if os.environ.get("STRUCTLTH_TRITON_TILE", "1") == "0":
+        return "the tile variant is switched off (STRUCTLTH_TRITON_TILE=0)"
     if structure["unit"] != "channel":
         return "the tile variant reads whole channel chunks: channel unit only"
     if tuple(stride) != (1, 1):

@@ -65,7 +65,49 @@ def get_args_parser():
     p.add_argument("--precisions", nargs="+", default=["tf32", "bf16"], choices=["fp32", "tf32", "fp16", "bf16"])
     p.add_argument("--repeats", type=int, default=50, help="timed graph replays per measurement")
     p.add_argument("--skip", nargs="*", default=[], choices=["check", "layers", "end_to_end", "training"])
+    p.add_argument("--tile_smoke", action="store_true", help=argparse.SUPPRESS)  # the child process of tile_smoke()
     return p
+
+
+def tile_smoke():
+    """Run the Triton kernel's tile variant (new, never run on a GPU before
+    2026-11-26) once in a child process against F.conv2d in fp32 and bf16.
+    A fault there cannot take this process's CUDA context down with it; if
+    the child fails, the variant is switched off for the rest of this run
+    (STRUCTLTH_TRITON_TILE=0) and the report says so."""
+    tic = time.time()
+    try:
+        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--out", "unused", "--tile_smoke"], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300)
+        ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+    except subprocess.TimeoutExpired:
+        ok, tail = False, "timed out after 300 s"
+    if not ok:
+        os.environ["STRUCTLTH_TRITON_TILE"] = "0"
+    print(f"tile variant smoke check: {'passed' if ok else 'FAILED, switched off for this run'} "
+          f"({time.time() - tic:.0f} s){'' if ok else chr(10) + tail}", flush=True)
+    return {"ok": ok, "output": tail, "seconds": round(time.time() - tic, 1)}
+
+
+def tile_smoke_child():
+    """The child of tile_smoke: exit 0 only if the tile variant matches F.conv2d."""
+    from kernels.regrouped import RegroupedConv2d
+    from kernels.triton_conv import default_config
+    from bench.gpu import apply_precision
+    from bench.tickets import TOLERANCE, check_layer, random_regrouped_layer
+    weight, blocks, bias = random_regrouped_layer(128, 64, 3, "channel", torch.Generator().manual_seed(2), cn=4, b2=8)
+    x64 = torch.randn(9, 64, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64).cuda()
+    reference = F.conv2d(x64, weight.double().cuda(), bias.double().cuda(), 1, 1)
+    for precision in ("fp32", "bf16"):
+        dtype = apply_precision(precision)
+        conv = RegroupedConv2d(weight, blocks, "channel", 1, 1, 1, bias, kernel="triton").cuda()
+        conv.triton_config = default_config("tile")
+        error, ok = check_layer(conv, x64.to(dtype).contiguous(memory_format=torch.channels_last), reference,
+                                precision, "triton")
+        torch.cuda.synchronize()
+        print(f"tile variant, {precision}: relative error {error:.2e} (limit {TOLERANCE[precision]})", flush=True)
+        if not ok:
+            raise SystemExit(1)
 
 
 class Report:
@@ -271,6 +313,10 @@ def markdown(data, args):
     """The report's tables."""
     from bench.gpu import versions_line
     lines = ["# GPU check", "", versions_line(data["versions"]), ""]
+    tile = data.get("tile_variant")
+    if tile:
+        lines += ["Tile variant smoke check: " + ("passed" if tile["ok"] else
+                  "FAILED, so this run used the gather variant only: " + tile["output"][-300:].replace("\n", " ")), ""]
     check = data.get("check", {})
     if "checks" in check:
         lines += [f"(a) {check['checks']} kernel checks passed; largest relative errors: "
@@ -337,6 +383,8 @@ def _ratio(t):
 def main(args):
     if not torch.cuda.is_available():
         raise InvalidInput("profile/gpu_check.py needs a CUDA GPU, and PyTorch sees none (torch.cuda.is_available() is False)")
+    if args.tile_smoke:
+        return tile_smoke_child()
     from bench.gpu import versions, versions_line
     os.makedirs(args.out, exist_ok=True)
     report = Report(args.out)
@@ -345,6 +393,7 @@ def main(args):
     print(versions_line(report.data["versions"]), flush=True)
     build = CudaBuild()
     build.start()
+    report.data["tile_variant"] = tile_smoke()
     if "check" not in args.skip:
         report.run("check", check_kernels, build)
     tickets = make_tickets(args) if {"layers", "end_to_end"} - set(args.skip) else {}

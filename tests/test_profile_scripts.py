@@ -184,3 +184,6 @@ def test_gpu_report_names_the_triton_variant_and_the_sweep_reads_variants():
                "BLOCK_M": 128, "num_warps": 4, "num_stages": 3, "variant": "tile"})}
     text = gpu_check.markdown({"versions": {"gpu": "test"}, "layers": [row]}, args)
     assert "| 0.50 | tile 128/4/3 |" in text and text.count("| Triton |") == 1
+    failed = gpu_check.markdown({"versions": {"gpu": "test"}, "tile_variant": {"ok": False, "output": "CompilationError"}},
+                                args)
+    assert "Tile variant smoke check: FAILED, so this run used the gather variant only: CompilationError" in failed

@@ -67,7 +67,7 @@ def test_both_variants_of_the_channel_unit_agree_with_conv2d(case):
         assert relative_error(out, reference) < LIMIT[torch.float32], variant
 
 
-def test_tile_variant_boxes_and_where_it_applies():
+def test_tile_variant_boxes_and_where_it_applies(monkeypatch):
     assert triton_conv.pixel_box(32, 32, 128) == (1, 4, 32)  # whole rows of a CIFAR layer1 map
     assert triton_conv.pixel_box(8, 8, 128) == (2, 8, 8)  # small maps: several images a box
     assert triton_conv.pixel_box(7, 5, 32) == (1, 4, 8)  # odd sizes: the box overhangs, stores are masked
@@ -78,6 +78,9 @@ def test_tile_variant_boxes_and_where_it_applies():
         x = torch.randn(1, 12, 6, 6, generator=generator)
         structure = conv.triton_state(x.device, x.dtype)[0]
         assert ("tile" in triton_conv.variants_for(structure, conv.stride)) == works
+        with monkeypatch.context() as switched:  # what gpu_check does when the variant fails on a GPU
+            switched.setenv("STRUCTLTH_TRITON_TILE", "0")
+            assert triton_conv.variants_for(structure, conv.stride) == ("gather",)
         if not works:
             with pytest.raises(ValueError, match="'tile' variant cannot compute this layer: .*(stride 1|channel unit)"):
                 conv._forward_triton(x, config=dict(triton_conv.INTERPRETER_CONFIG, variant="tile"))
