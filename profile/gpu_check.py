@@ -3,12 +3,16 @@
 
     python profile/gpu_check.py --out runs/gpu_check
 
-(a) the Triton and CUDA C kernels against F.conv2d (float64) over the test
-    cases at full size, in fp32, tf32, fp16 and bf16, into poisoned outputs,
-    and the Triton path's gradients against autograd through F.conv2d;
+First the Triton kernel's tile variant runs once in a child process; if it
+fails there it is switched off for the run (STRUCTLTH_TRITON_TILE=0).
+(a) the Triton (every variant that applies) and CUDA C kernels against
+    F.conv2d (float64) over the test cases at full size, in fp32, tf32, fp16
+    and bf16, into poisoned outputs, and the Triton path's gradients against
+    autograd through F.conv2d;
 (b) every 3x3 and 1x1 convolution of a CIFAR ResNet-18 at --layer_batch,
-    regrouped at two densities, Triton and CUDA C against cuDNN in tf32 and
-    bf16 (CUDA-graph replays over rotating inputs, medians and spread);
+    regrouped at two densities, Triton (with the variant and tiles the tuner
+    chose) and CUDA C against cuDNN in tf32 and bf16 (CUDA-graph replays
+    over rotating inputs, medians and spread);
 (c) ResNet-18 end to end, dense vs regrouped (per-layer choice) vs slimmed
     refill, at each --batch_sizes, CUDA graphs on both sides;
 (d) main_imp.py on digits for one epoch on CUDA (AMP, channels-last), and
