@@ -20,8 +20,8 @@ every block form tasks without chunks: the kernel itself writes their bias
 (or zeros), so no output buffer needs clearing.
 
 That is the "gather" variant. The "tile" variant (_tile_kernel) computes
-channel-unit layers of stride 1 from rectangular boxes instead: see its
-docstring. On a GPU the tuner chooses between them per layer shape.
+channel-unit layers (whose input size is a multiple of the stride) from
+rectangular boxes instead: see its docstring. On a GPU the tuner chooses between them per layer shape.
 
 Block weights are packed per (dtype, weights version, device) into
 [chunks, BLOCK_K, BLOCK_N] tiles, one set per task, and cached by
@@ -49,7 +49,7 @@ INTERPRETER_CONFIG = {"BLOCK_M": 32, "num_warps": 1, "num_stages": 1}
 GPU_CONFIGS = [  # (BLOCK_M, num_warps, num_stages) of the "gather" variant; the first is the untuned default
     (64, 4, 3), (128, 4, 3), (64, 4, 2), (128, 8, 3),
 ]
-TILE_CONFIGS = [  # the same for the "tile" variant (channel unit, stride 1): boxes of 128 pixels feed the bulk copies
+TILE_CONFIGS = [  # the same for the "tile" variant (channel unit): boxes of 128 pixels feed the bulk copies
     (128, 4, 3), (128, 8, 4), (64, 4, 3),
 ]
 VARIANTS = ("gather", "tile")
@@ -140,22 +140,26 @@ def _kernel(interpret):
 
 @functools.lru_cache(maxsize=None)
 def _tile_kernel(interpret):
-    """The "tile" variant (channel unit, stride 1), decorated on first use.
+    """The "tile" variant (channel unit), decorated on first use.
 
     A program computes a box of output pixels (BN_IMG images x BH rows x BW
-    columns, BLOCK_M = their product) for one task. Because the stride is 1,
-    the input a tap reads for that box is the same box shifted by the tap:
-    one rectangular [BN_IMG, BH, BW, BLOCK_K] load through a tensor
-    descriptor over the gathered input copy (the bulk-copy engine on Hopper;
-    coordinates outside the image read zeros, which is the padding). K steps
-    run tap-major over the task's chunks of BLOCK_K consecutive channels."""
+    columns, BLOCK_M = their product) for one task. The input a tap reads
+    for that box is a box too: with stride 1 the same box shifted by the tap;
+    with stride s, every s-th pixel, which is a plain box of the gathered
+    copy viewed as [N, H/s, s, W/s, s*C] (a row's parity is an index, a
+    column's parity an offset into the channels). Each K step is then one
+    rectangular [BN_IMG, BH, 1, BW, BLOCK_K] load through a tensor
+    descriptor (the bulk-copy engine on Hopper; coordinates outside the
+    image read zeros, which is the padding). K steps run tap-major over the
+    task's chunks of BLOCK_K consecutive channels."""
     import triton
     import triton.language as tl
 
-    @triton.jit(do_not_specialize=["N", "OH", "OW", "C_OUT", "pad_h", "pad_w", "dil_h", "dil_w"])
+    @triton.jit(do_not_specialize=["N", "OH", "OW", "C_OUT", "C_IN", "pad_h", "pad_w", "dil_h", "dil_w"])
     def regrouped_conv_tile_kernel(x_desc, w_desc, bias_ptr, y_ptr, tasks_ptr, rows_ptr, chunk_c_ptr,
-                                   N, OH, OW, C_OUT, pad_h, pad_w, dil_h, dil_w,
-                                   KH: tl.constexpr, KW: tl.constexpr, PRECISION: tl.constexpr,
+                                   N, OH, OW, C_OUT, C_IN, pad_h, pad_w, dil_h, dil_w,
+                                   KH: tl.constexpr, KW: tl.constexpr, SH: tl.constexpr, SW: tl.constexpr,
+                                   PRECISION: tl.constexpr,
                                    BN_IMG: tl.constexpr, BH: tl.constexpr, BW: tl.constexpr,
                                    BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         BLOCK_M: tl.constexpr = BN_IMG * BH * BW
@@ -177,7 +181,11 @@ def _tile_kernel(interpret):
         for j in range(0, num_chunks):
             tap = j // per_tap
             c = c_first + (j - tap * per_tap) * BLOCK_K
-            a = x_desc.load([n0, oh0 - pad_h + (tap // KW) * dil_h, ow0 - pad_w + (tap % KW) * dil_w, c])
+            # input row s*oh + dy - pad = s*(oh + q) + r: q shifts the box, r picks the parity (both >= 0 after
+            # adding s*pad, as Triton's integer division truncates)
+            dy = (tap // KW) * dil_h + SH * pad_h - pad_h
+            dx = (tap % KW) * dil_w + SW * pad_w - pad_w
+            a = x_desc.load([n0, oh0 + dy // SH - pad_h, dy % SH, ow0 + dx // SW - pad_w, (dx % SW) * C_IN + c])
             a = tl.reshape(a, (BLOCK_M, BLOCK_K))
             b = w_desc.load([w_row + j * BLOCK_K, 0])  # slots outside the block hold zero weights
             acc = tl.dot(a, b, acc, input_precision=PRECISION)
@@ -371,14 +379,16 @@ def default_config(variant="gather"):
     return _config(*(TILE_CONFIGS if variant == "tile" else GPU_CONFIGS)[0], variant)
 
 
-def tile_variant_reason(structure, stride):
-    """Why the "tile" variant cannot compute this layer (None when it can)."""
+def tile_variant_reason(structure, stride, input_hw=None):
+    """Why the "tile" variant cannot compute this layer, on inputs of
+    `input_hw` when given (None when it can)."""
     if os.environ.get("STRUCTLTH_TRITON_TILE", "1") == "0":
         return "the tile variant is switched off (STRUCTLTH_TRITON_TILE=0)"
     if structure["unit"] != "channel":
         return "the tile variant reads whole channel chunks: channel unit only"
-    if tuple(stride) != (1, 1):
-        return "the tile variant shifts one box of pixels per tap: stride 1 only"
+    if input_hw is not None and any(size % s for size, s in zip(input_hw, stride)):
+        return f"the tile variant views a strided input as boxes: its size {tuple(input_hw)} must be a multiple " \
+               f"of the stride {tuple(stride)}"
     try:
         from triton.tools.tensor_descriptor import TensorDescriptor  # noqa: F401
     except ImportError:
@@ -386,8 +396,8 @@ def tile_variant_reason(structure, stride):
     return None
 
 
-def variants_for(structure, stride):
-    return ("gather",) + (("tile",) if tile_variant_reason(structure, stride) is None else ())
+def variants_for(structure, stride, input_hw=None):
+    return ("gather",) + (("tile",) if tile_variant_reason(structure, stride, input_hw) is None else ())
 
 
 def pixel_box(oh, ow, block_m):
@@ -424,7 +434,7 @@ def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padd
         c_in = flat.shape[1]
         x = flat.view(n, h, w, c_in).permute(0, 3, 1, 2)
     precision = "ieee" if x.dtype == torch.float32 and not tf32_allowed() else "tf32"  # 16-bit inputs ignore it
-    variants = variants_for(structure, stride)
+    variants = variants_for(structure, stride, (h, w))
     if config is None and x.device.type == "cpu":  # the interpreter: the most specialised variant that applies
         config = dict(INTERPRETER_CONFIG, variant=variants[-1])
     elif config is None:  # layers of one shape share their tuned variant and tiles
@@ -435,7 +445,7 @@ def conv_forward(x, weights, tables, structure, bias, out_channels, stride, padd
     variant = config.get("variant", "gather")
     if variant not in variants:
         raise ValueError(f"the '{variant}' variant cannot compute this layer: "
-                         f"{tile_variant_reason(structure, stride)}")
+                         f"{tile_variant_reason(structure, stride, (h, w))}")
     _launch(x, weights, tables, structure, bias, out, stride, padding, precision, config)
     tables["config"] = config  # what this layer ran last, for reports
     return out
@@ -454,14 +464,18 @@ def _launch(x, weights, tables, structure, bias, out, stride, padding, precision
     if config.get("variant", "gather") == "tile":
         from triton.tools.tensor_descriptor import TensorDescriptor
         images, rows, cols = pixel_box(oh, ow, config["BLOCK_M"])
-        nhwc = x.permute(0, 2, 3, 1)  # the gathered copy: contiguous [n, h, w, channels]
-        x_desc = TensorDescriptor(nhwc, list(nhwc.shape), list(nhwc.stride()), [images, rows, cols, constants["BLOCK_K"]])
+        sh, sw = stride
+        # the gathered copy, contiguous [n, h, w, channels], seen as [n, h/sh, sh, w/sw, sw * channels]
+        boxes = x.permute(0, 2, 3, 1).reshape(n, h // sh, sh, w // sw, sw * c_in)
+        x_desc = TensorDescriptor(boxes, list(boxes.shape), list(boxes.stride()),
+                                  [images, rows, 1, cols, constants["BLOCK_K"]])
         packed = weights.view(-1, structure["tile"])  # every task's tiles are whole rows of BLOCK_N weights
         w_desc = TensorDescriptor(packed, list(packed.shape), list(packed.stride()), [constants["BLOCK_K"], structure["tile"]])
         grid = (-(-n // images) * -(-oh // rows) * -(-ow // cols), num_tasks)
         _tile_kernel(interpreting())[grid](
             x_desc, w_desc, bias, out, tables["tasks"], tables["rows"], tables["chunk_c"], n, oh, ow, out_channels,
-            padding[0], padding[1], *structure["dilation"], BN_IMG=images, BH=rows, BW=cols, **constants, **tiles)
+            c_in, padding[0], padding[1], *structure["dilation"], SH=sh, SW=sw, BN_IMG=images, BH=rows, BW=cols,
+            **constants, **tiles)
         return
     m = n * oh * ow
     _kernel(interpreting())[(-(-m // config["BLOCK_M"]), num_tasks)](

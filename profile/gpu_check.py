@@ -62,7 +62,7 @@ def get_args_parser():
                    help="global magnitude sparsity of the two tickets")
     p.add_argument("--rows_per_part", type=int, default=32)
     p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"],
-                   help="the channel unit's stride-1 layers can run the Triton kernel's tile variant (bulk copies); "
+                   help="channel-unit layers can run the Triton kernel's tile variant (bulk copies); "
                         "weight-unit layers run its gather variant")
     p.add_argument("--layer_batch", type=int, default=64)
     p.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256], help="end-to-end batch sizes")
@@ -176,7 +176,7 @@ def check_kernels(build):
             dtype = apply_precision(precision)
             conv = RegroupedConv2d(*layer, kernel="triton").cuda()
             structure = conv.triton_state(x64.device, dtype)[0]
-            for variant in variants_for(structure, conv.stride):  # every variant the tuner may choose
+            for variant in variants_for(structure, conv.stride, x64.shape[-2:]):  # every one the tuner may choose
                 conv.triton_config = default_config(variant)
                 error, ok = check_layer(conv, x64.to(dtype).contiguous(memory_format=torch.channels_last), reference,
                                         precision, "triton")

@@ -1,6 +1,6 @@
 """The Triton kernel of the regrouped convolution, run by Triton's CPU
 interpreter (TRITON_INTERPRET=1), against F.conv2d in float64: both units
-and both variants (gather; tile for channel-unit stride-1 layers), 1x1 and 3x3, strides, padding, dilation, odd batches and channel counts,
+and both variants (gather; tile for channel-unit layers), 1x1 and 3x3, strides, padding, dilation, odd batches and channel counts,
 rows outside every block, fp32 and fp16 (the interpreter's bf16 dot is wrong
 and it ignores TF32: those are checked by profile/gpu_check.py on a GPU).
 Every output element must be written: the output buffer starts as NaN.
@@ -47,18 +47,22 @@ def test_kernel_matches_conv2d_and_writes_every_output(case, unit, dtype):
     assert relative_error(got, reference) < LIMIT[dtype]
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c[3] == 1], ids=lambda c: f"{c[0]}x{c[1]}k{c[2]}p{c[4]}d{c[5]}")
+TILE_CASES = [c for c in CASES if c[7] % c[3] == 0] + [(28, 20, 3, 2, 1, 1, 3, 8)]  # + a 3x3 stride-2 layer
+
+
+@pytest.mark.parametrize("case", TILE_CASES, ids=lambda c: f"{c[0]}x{c[1]}k{c[2]}s{c[3]}p{c[4]}d{c[5]}")
 def test_both_variants_of_the_channel_unit_agree_with_conv2d(case):
-    """Stride-1 channel-unit layers run the "tile" variant by default here;
-    the "gather" variant (what strided layers run) must give the same."""
+    """Channel-unit layers whose input size is a multiple of the stride run
+    the "tile" variant by default here; the "gather" variant (what the
+    others run) must give the same."""
     c_out, c_in, k, stride, padding, dilation, batch, size = case
-    generator = torch.Generator().manual_seed(100 + CASES.index(case))
+    generator = torch.Generator().manual_seed(100 + TILE_CASES.index(case))
     weight, blocks, bias = random_regrouped_layer(c_out, c_in, k, "channel", generator)
     conv = RegroupedConv2d(weight, blocks, "channel", stride, padding, dilation, bias, kernel="triton")
     x = torch.randn(batch, c_in, size, size, generator=generator)
     reference = F.conv2d(x.double(), weight.double(), bias.double(), stride, padding, dilation)
     structure = conv.triton_state(x.device, x.dtype)[0]
-    assert triton_conv.variants_for(structure, conv.stride) == ("gather", "tile")
+    assert triton_conv.variants_for(structure, conv.stride, (size, size)) == ("gather", "tile")
     for variant in triton_conv.VARIANTS:
         out = torch.full(reference.shape, float("nan")).contiguous(memory_format=torch.channels_last)
         with torch.no_grad():
@@ -72,17 +76,19 @@ def test_tile_variant_boxes_and_where_it_applies(monkeypatch):
     assert triton_conv.pixel_box(8, 8, 128) == (2, 8, 8)  # small maps: several images a box
     assert triton_conv.pixel_box(7, 5, 32) == (1, 4, 8)  # odd sizes: the box overhangs, stores are masked
     generator = torch.Generator().manual_seed(8)
-    for unit, stride, works in (("channel", 1, True), ("channel", 2, False), ("weight", 1, False)):
+    for unit, stride, size, works in (("channel", 1, 7, True), ("channel", 2, 6, True), ("channel", 2, 7, False),
+                                      ("weight", 1, 6, False)):
         weight, blocks, _ = random_regrouped_layer(20, 12, 3, unit, generator)
         conv = RegroupedConv2d(weight, blocks, unit, stride, 1, kernel="triton")
-        x = torch.randn(1, 12, 6, 6, generator=generator)
+        x = torch.randn(1, 12, size, size, generator=generator)
         structure = conv.triton_state(x.device, x.dtype)[0]
-        assert ("tile" in triton_conv.variants_for(structure, conv.stride)) == works
+        assert ("tile" in triton_conv.variants_for(structure, conv.stride, (size, size))) == works
         with monkeypatch.context() as switched:  # what gpu_check does when the variant fails on a GPU
             switched.setenv("STRUCTLTH_TRITON_TILE", "0")
             assert triton_conv.variants_for(structure, conv.stride) == ("gather",)
         if not works:
-            with pytest.raises(ValueError, match="'tile' variant cannot compute this layer: .*(stride 1|channel unit)"):
+            with pytest.raises(ValueError, match="'tile' variant cannot compute this layer: .*(multiple of the stride"
+                                                 "|channel unit)"):
                 conv._forward_triton(x, config=dict(triton_conv.INTERPRETER_CONFIG, variant="tile"))
     # The GPU's default box on a 4x4 map: 8 images a box, 3 in the batch, so most of the box overhangs it.
     weight, blocks, bias = random_regrouped_layer(48, 40, 3, "channel", generator)
@@ -171,7 +177,7 @@ def test_tile_variant_compiles_to_bulk_copies_and_wgmma_for_hopper(tmp_path, cli
            for label in ("bulk tensor copies", "wgmma", "global loads")}
     assert ptx["bulk tensor copies"] > 0 and ptx["wgmma"] > 0 and ptx["global loads"] < 30, proc.stdout
     if "SASS:" in proc.stdout:  # Triton's cuobjdump is there
-        assert "UTMALDG.4D" in proc.stdout and "HGMMA" in proc.stdout and " 0 bytes of stack" in proc.stdout, proc.stdout
+        assert "UTMALDG.5D" in proc.stdout and "HGMMA" in proc.stdout and " 0 bytes of stack" in proc.stdout, proc.stdout
     assert (tmp_path / "tile.ptx").exists() and (tmp_path / "tile.ttgir").exists()
     sm90 = load_script("profile/regroup_conv/sm90_compile.py")
     assert "--block_n must be 16, 32, 64 or 128" in cli_error(sm90, ["--block_n", "24"])

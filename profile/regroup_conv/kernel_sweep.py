@@ -33,7 +33,7 @@ def get_args_parser():
     p.add_argument("--sparsity", type=float, default=0.98)
     p.add_argument("--rows_per_part", type=int, default=32)
     p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"],
-                   help="channel: stride-1 layers also try the tile variant")
+                   help="channel: layers also try the tile variant")
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--precision", default="bf16", choices=["fp32", "tf32", "fp16", "bf16"])
     p.add_argument("--repeats", type=int, default=50)
@@ -81,10 +81,11 @@ def main(args):
         dense = weight.to(dtype).contiguous(memory_format=torch.channels_last)
         calls = {"cudnn": (lambda x: F.conv2d(x, dense, None, conv.stride, conv.padding), inputs)}
         structure = layer.triton_state(inputs[0].device, dtype)[0]
-        variants = triton_conv.variants_for(structure, layer.stride)
+        variants = triton_conv.variants_for(structure, layer.stride, inputs[0].shape[-2:])
         for config in configs or triton_conv.candidates(variants):
             if config["variant"] not in variants:
-                print(f"  {name}: skipping {config}: {triton_conv.tile_variant_reason(structure, layer.stride)}")
+                print(f"  {name}: skipping {config}: "
+                      f"{triton_conv.tile_variant_reason(structure, layer.stride, inputs[0].shape[-2:])}")
                 continue
             candidate = tuple(config.values())
 

@@ -43,6 +43,7 @@ def get_args_parser():
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--stages", type=int, default=3)
     p.add_argument("--kernel_size", type=int, default=3)
+    p.add_argument("--stride", type=int, default=1, help="the tile variant's stride (a compile-time constant)")
     p.add_argument("--out", default=None, help="folder for the TTGIR, PTX and SASS of each variant")
     return p
 
@@ -79,8 +80,8 @@ def variant_sources(args):
     if args.variant in ("tile", "both"):
         kernel = triton_conv._tile_kernel(False)
         images, rows, cols = triton_conv.pixel_box(args.width, args.width, args.block_m)
-        constants = dict(common, BN_IMG=images, BH=rows, BW=cols)
-        types = {"x_desc": f"tensordesc<{dtype}[{images},{rows},{cols},{block_k}]>",
+        constants = dict(common, SH=args.stride, SW=args.stride, BN_IMG=images, BH=rows, BW=cols)
+        types = {"x_desc": f"tensordesc<{dtype}[{images},{rows},1,{cols},{block_k}]>",
                  "w_desc": f"tensordesc<{dtype}[{block_k},{args.block_n}]>", "y_ptr": f"*{dtype}",
                  "bias_ptr": "*fp32", "tasks_ptr": "*i32", "rows_ptr": "*i32", "chunk_c_ptr": "*i32"}
         sources["tile"] = (kernel, signature(kernel, types, constants), constants)
