@@ -1,6 +1,7 @@
 """Shared test helpers: the repository root on sys.path, Triton's CPU
 interpreter switched on, and a runner for the entry scripts as a user runs
 them (a subprocess)."""
+import importlib.util
 import os
 import subprocess
 import sys
@@ -21,6 +22,14 @@ def run_script(script, *args, cwd=None, timeout=600, env=None):
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"), **(env or {}))
     return subprocess.run([sys.executable, os.path.join(ROOT, script), *map(str, args)], cwd=cwd or ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def load_script(relative):
+    """A script (profile/, experiments/) loaded as a module, to call its functions in-process."""
+    spec = importlib.util.spec_from_file_location(relative.replace("/", "_")[:-3], os.path.join(ROOT, relative))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def digits_res20s_ticket(sparsity):

@@ -1,20 +1,12 @@
 """profile/ scripts that need no GPU: splitting a ticket into layer files and
 timing a layer through the vendor convolution, with their bad-input errors."""
-import importlib.util
 import json
 import os
 import re
 
 import torch
 
-from conftest import ROOT, run_script
-
-
-def load_script(relative):
-    spec = importlib.util.spec_from_file_location(relative.replace("/", "_")[:-3], os.path.join(ROOT, relative))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from conftest import load_script, run_script
 
 
 def test_split_writes_one_masked_weight_per_layer_with_geometry(digits_imp_run, tmp_path):

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from test_profile_scripts import load_script
+from conftest import load_script
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 TINY = ["--seeds", "1", "--pruning_times", "3", "--epochs", "1", "--bench_batch", "8", "--bench_repeats", "1"]

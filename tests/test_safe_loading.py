@@ -3,14 +3,13 @@ unpickling would create a marker file is refused by every script that reads
 files (one line, exit 2, no marker), loads with --trust_checkpoint, and our
 own files and the original code's format load without the flag."""
 import argparse
-import importlib.util
 import io
 import os
 
 import pytest
 import torch
 
-from conftest import ROOT
+from conftest import load_script
 from utils.checkpoint import load_file
 from utils.errors import InvalidInput
 
@@ -23,13 +22,6 @@ class _CreatesFile:
 
     def __reduce__(self):
         return (io.open, (self.path, "w"))
-
-
-def load_script(relative):
-    spec = importlib.util.spec_from_file_location(relative.replace("/", "_")[:-3], os.path.join(ROOT, relative))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 @pytest.fixture

@@ -170,7 +170,7 @@ def test_tile_variant_compiles_to_bulk_copies_and_wgmma_for_hopper(tmp_path, cli
     spills: the fast path on an H100/H200 is kept by every CI run."""
     import re
     from conftest import run_script
-    from test_profile_scripts import load_script
+    from conftest import load_script
     proc = run_script("profile/regroup_conv/sm90_compile.py", "--variant", "tile", "--dtype", "bf16", "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr
     ptx = {label: int(re.search(f"PTX: .*{label} (\\d+)", proc.stdout).group(1))
