@@ -1,5 +1,6 @@
-"""Build the regrouped-convolution CUDA extension with nvcc through
-torch.utils.cpp_extension, cached by content: the build directory is named
+"""Build the regrouped-convolution CUDA kernel with nvcc through
+torch.utils.cpp_extension, as a library that registers the operator
+torch.ops.<name>.forward, cached by content: the build directory is named
 after a hash of the source, the target architectures and the CUDA version,
 so a second run loads the built module instead of recompiling.
 
@@ -48,8 +49,17 @@ def wheel_include_dirs():
     return sorted(found)
 
 
+class CudaKernel:
+    """The built kernel: `forward` is its operator (torch.ops.<name>.forward),
+    `path` the shared library it was loaded from."""
+
+    def __init__(self, name, path):
+        self.name, self.path = name, path
+        self.forward = getattr(torch.ops, name).forward
+
+
 def build_regroup_kernel(verbose=False):
-    """The compiled extension module (its `forward` runs the kernel)."""
+    """Compile (or find in the cache) and load the kernel; a CudaKernel."""
     if torch.version.cuda is None:
         raise InvalidInput("this PyTorch build has no CUDA support: install a CUDA build to compile the kernel")
     toolkit = os.environ.get("CUDA_HOME")
@@ -63,8 +73,8 @@ def build_regroup_kernel(verbose=False):
         cpp_extension.CUDA_HOME = toolkit
     archs = target_archs()
     source = b""
-    for path in KERNEL_SOURCES:
-        with open(path, "rb") as f:
+    for source_path in KERNEL_SOURCES:
+        with open(source_path, "rb") as f:
             source += f.read()
     digest = hashlib.sha256(source + ",".join(archs).encode() + torch.version.cuda.encode()).hexdigest()[:12]
     name = f"regroup_conv_{digest}"
@@ -72,9 +82,12 @@ def build_regroup_kernel(verbose=False):
     os.makedirs(build_dir, exist_ok=True)
     flags = ["-O3"] + [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
     try:
-        return cpp_extension.load(name=name, sources=list(KERNEL_SOURCES), extra_cuda_cflags=flags,
+        # is_python_module=False: the library registers an operator (no pybind11) and is loaded
+        # with torch.ops.load_library; load() returns its path.
+        path = cpp_extension.load(name=name, sources=list(KERNEL_SOURCES), extra_cuda_cflags=flags,
                                   extra_include_paths=wheel_include_dirs(), build_directory=build_dir,
-                                  verbose=verbose)
+                                  is_python_module=False, verbose=verbose)
     except (RuntimeError, OSError, ImportError) as err:
         raise InvalidInput(f"building the regrouped-convolution kernel failed (nvcc, CUDA {torch.version.cuda}, "
                         f"sm_{'/sm_'.join(archs)}): {str(err).strip().splitlines()[-1]}") from None
+    return CudaKernel(name, path)

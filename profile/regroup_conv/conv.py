@@ -65,8 +65,8 @@ def parse(argv=None):
 def main(args):
     if args.build_only:
         from kernels.cuda_build import build_regroup_kernel, target_archs
-        module = build_regroup_kernel()
-        print(f"built {module.__file__} for sm_{'/sm_'.join(target_archs())} with CUDA {torch.version.cuda}")
+        kernel = build_regroup_kernel()
+        print(f"built {kernel.path} (operator torch.ops.{kernel.name}.forward) for sm_{'/sm_'.join(target_archs())} with CUDA {torch.version.cuda}")
         return None
     regroup = RegroupConfig.from_args(args)
     weight, geo = load_layer(args)
