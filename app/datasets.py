@@ -14,34 +14,15 @@ the model (`models.normalize`), so `spec.mean`/`spec.std` travel with it.
 - imagenet: ImageFolder layout `<data>/train/<wnid>/*`, `<data>/val/<wnid>/*`;
   validation is also the test set.
 """
-from dataclasses import dataclass
-
 import numpy as np
 import torch
-from torch.utils.data import Dataset, TensorDataset
+from torch.utils.data import TensorDataset
 
+from app.splits import DatasetSpec, DataSplits  # noqa: F401 (re-exported: callers name them from here)
 from models import build_model
 from utils.errors import InvalidInput
 
 DIGITS_SPLIT_SEED = 0  # the split never depends on --seed: test sets stay comparable
-
-
-@dataclass
-class DatasetSpec:
-    num_classes: int
-    in_channels: int
-    mean: tuple
-    std: tuple
-    imagenet_stem: bool  # ImageNet-style 7x7/stride-2 stem for ResNets
-    image_size: int
-
-
-@dataclass
-class DataSplits:
-    train: Dataset
-    val: Dataset
-    test: Dataset
-    spec: DatasetSpec
 
 
 def _digits(root):

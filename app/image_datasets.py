@@ -7,7 +7,7 @@ from torch.utils.data import Dataset, Subset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
-from app.datasets import DataSplits, DatasetSpec
+from app.splits import DataSplits, DatasetSpec
 from utils.errors import InvalidInput
 
 
