@@ -123,7 +123,7 @@ def sass_report(cubin, folder, name):
 
 def main(args):
     try:
-        import triton  # noqa: F401
+        import triton
     except ImportError:
         raise InvalidInput("sm90_compile.py needs triton (pip install triton; wheels exist for Linux x86-64)") from None
     if args.block_n not in (16, 32, 64, 128):
@@ -132,6 +132,7 @@ def main(args):
         raise InvalidInput(f"--block_m must be a power of two of at least 16, got {args.block_m}")
     import tempfile
     folder = args.out or tempfile.mkdtemp(prefix="sm90_")
+    print(f"Triton {triton.__version__} ({os.path.dirname(triton.__file__)}), target sm_{args.arch}")
     os.makedirs(folder, exist_ok=True)
     results = {}
     for name, (kernel, sig, constants) in variant_sources(args).items():
