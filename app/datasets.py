@@ -14,6 +14,11 @@ the model (`models.normalize`), so `spec.mean`/`spec.std` travel with it.
 - imagenet: ImageFolder layout `<data>/train/<wnid>/*`, `<data>/val/<wnid>/*`;
   validation is also the test set.
 """
+import gzip
+import importlib.util
+import json
+import os
+
 import numpy as np
 import torch
 from torch.utils.data import TensorDataset
@@ -22,27 +27,39 @@ from app.splits import DatasetSpec, DataSplits  # noqa: F401 (re-exported: calle
 from models import build_model
 from utils.errors import InvalidInput
 
-DIGITS_SPLIT_SEED = 0  # the split never depends on --seed: test sets stay comparable
+DIGITS_SPLIT_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "digits_split.json")
+
+
+def digits_arrays():
+    """(images [1797, 8, 8] float64, labels [1797] int64): scikit-learn's
+    bundled digits, read from its data file without importing scikit-learn
+    (which takes 1.5-2 s, a quarter of a short run's start-up)."""
+    spec = importlib.util.find_spec("sklearn")
+    folders = list(spec.submodule_search_locations or []) if spec else []
+    paths = [os.path.join(folder, "datasets", "data", "digits.csv.gz") for folder in folders]
+    path = next((p for p in paths if os.path.isfile(p)), None)
+    if path is None:
+        raise InvalidInput("the digits dataset is scikit-learn's bundled copy and scikit-learn is not installed: "
+                           "pip install -r requirements.txt")
+    with gzip.open(path, "rt") as f:
+        table = np.loadtxt(f, delimiter=",")  # a row: 64 pixel values 0..16, then the label
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
 def _digits(root):
-    from sklearn.datasets import load_digits
-    from sklearn.model_selection import train_test_split
-
-    bunch = load_digits()
-    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
-    labels = torch.tensor(bunch.target, dtype=torch.long)
-    index = np.arange(len(labels))
-    train_val, test = train_test_split(index, test_size=0.2, stratify=bunch.target, random_state=DIGITS_SPLIT_SEED)
-    train, val = train_test_split(train_val, test_size=0.125, stratify=bunch.target[train_val],
-                                  random_state=DIGITS_SPLIT_SEED)
-    x_train = images[train]
-    spec = DatasetSpec(10, 1, (x_train.mean().item(),), (x_train.std().item(),), False, 8)
+    images, labels = digits_arrays()
+    images = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
+    labels = torch.tensor(labels, dtype=torch.long)
+    # The split is fixed and stored (it never depends on --seed, so test sets stay comparable): scikit-learn's
+    # stratified train_test_split with random_state 0, as the file says; tests/test_datasets.py remakes it.
+    with open(DIGITS_SPLIT_FILE) as f:
+        split = {name: torch.tensor(ix) for name, ix in json.load(f).items() if name in ("train", "val", "test")}
+    spec = DatasetSpec(10, 1, (images[split["train"]].mean().item(),), (images[split["train"]].std().item(),), False, 8)
 
     def part(ix):
         return TensorDataset(images[ix], labels[ix])
 
-    return DataSplits(part(train), part(val), part(test), spec)
+    return DataSplits(part(split["train"]), part(split["val"]), part(split["test"]), spec)
 
 
 def _needs_torchvision(name):

@@ -2,6 +2,8 @@
 loaders on small fake datasets written in their real on-disk layouts."""
 import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -9,6 +11,7 @@ import torch
 from PIL import Image
 
 from app.datasets import load_dataset
+from conftest import ROOT
 from utils.errors import InvalidInput
 
 
@@ -24,6 +27,26 @@ def test_digits_split_is_fixed_stratified_and_complete():
     # stratified: every class in every split
     for split in (data.train, data.val, data.test):
         assert set(split.tensors[1].tolist()) == set(range(10))
+
+
+def test_digits_are_scikit_learns_with_its_split_and_load_without_it():
+    """The stored split is the one scikit-learn's stratified train_test_split
+    (random_state 0) makes, over the images load_digits gives; a fresh
+    interpreter loads the dataset without importing scikit-learn."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+    bunch = load_digits()
+    index = np.arange(len(bunch.target))
+    train_val, test = train_test_split(index, test_size=0.2, stratify=bunch.target, random_state=0)
+    train, val = train_test_split(train_val, test_size=0.125, stratify=bunch.target[train_val], random_state=0)
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    data = load_dataset("digits", "")
+    for part, ix in ((data.train, train), (data.val, val), (data.test, test)):
+        assert torch.equal(part.tensors[0], images[ix]) and torch.equal(part.tensors[1], torch.tensor(bunch.target[ix]))
+    code = ("import sys; from app.datasets import load_dataset; d = load_dataset('digits', ''); "
+            "print(len(d.train), 'sklearn' in sys.modules)")
+    fresh = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert fresh.stdout.split() == ["1257", "False"], fresh.stderr
 
 
 def _cifar_batch(path, n, label_key, num_classes, rng):
