@@ -13,13 +13,14 @@ Every slimmed model must give the masked model's outputs (checked); timings
 alternate dense / slimmed variants, after warm-up, and report medians.
 Speedup / FLOPs ratio near 1 means the slimmed model is as fast as its FLOPs
 promise. --compile times torch.compile'd (inductor) dense against compiled
-slimmed models.
+slimmed models; --fold_bn folds BatchNorm into the convolutions of both.
 
 On the CPU a second table splits a forward pass of each model into the
 time spent in conv2d calls and the rest: the convolutions' own speedup is the
 most the slimmed model can reach, whatever is done about the rest.
 """
 import argparse
+import copy
 import os
 import statistics
 import sys
@@ -31,6 +32,7 @@ import torch  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
 from models import build_model  # noqa: E402
+from pruner.fold_bn import fold_batchnorm  # noqa: E402
 from pruner.magnitude import global_magnitude_prune  # noqa: E402
 from pruner.masking import apply_mask  # noqa: E402
 from pruner.refill import refill  # noqa: E402
@@ -54,6 +56,8 @@ def get_args_parser():
     p.add_argument("--round_to", type=int, default=1, metavar="N",
                    help="also time tickets whose kept channels are rounded up to a multiple of N")
     p.add_argument("--compile", action="store_true", help="time torch.compile'd dense and slimmed models")
+    p.add_argument("--fold_bn", action="store_true",
+                   help="fold BatchNorm into the convolutions of both the dense and the slimmed models (inference form)")
     p.add_argument("--gpu", type=int, default=None)
     return p
 
@@ -136,21 +140,23 @@ def main(args):
     torch.manual_seed(0)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
     dense = build_model(args.arch, args.num_classes, 3).eval()
+    timed_dense = fold_batchnorm(copy.deepcopy(dense))[0] if args.fold_bn else dense
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
     x = torch.rand(shape, device=device).contiguous(memory_format=fmt)
     dense_flops = model_flops(dense, shape)
     prepare = torch.compile if args.compile else (lambda model: model)
     print(f"{environment_line(device)} | {args.arch}, input {tuple(shape)} {args.memory_format} | "
-          f"{'torch.compile (inductor) on both sides' if args.compile else 'eager'} | median of {args.repeats} "
+          f"{'torch.compile (inductor) on both sides' if args.compile else 'eager'}"
+          f"{', BatchNorm folded on both sides' if args.fold_bn else ''} | median of {args.repeats} "
           f"forward passes after warm-up, models timed in turn")
     print(f"{'sparsity':>8} {'ticket':<22} {'weights':>10} {'channels kept':>13} {'dense ms':>9} {'slim ms':>8} "
           f"{'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13} {'max |diff|':>10}")
-    d = prepare(dense.to(device, memory_format=fmt))
+    d = prepare(timed_dense.to(device, memory_format=fmt))
     split_rows = []
     for sparsity in args.sparsity:
         rows = []
         for label, at, masked, mask in tickets(dense, args, sparsity):
-            slimmed = slim(masked)
+            slimmed = slim(masked, fold_bn=args.fold_bn)
             flops_ratio = dense_flops / model_flops(slimmed, shape)
             slimmed = prepare(slimmed.to(device, memory_format=fmt).eval())
             diff = (slimmed(x) - masked.to(device, memory_format=fmt)(x)).abs().max().item()

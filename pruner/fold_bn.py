@@ -30,22 +30,41 @@ def conv_bn_pairs(model):
     return pairs
 
 
+def bn_scale_shift(bn):
+    """(scale, shift) per channel with BN(y) = scale * y + shift in eval mode."""
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
+    shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
+    return scale, shift
+
+
 @torch.no_grad()
-def fold_batchnorm(model):
+def fold_batchnorm(model, pairs=None):
     """Fold every BatchNorm that directly follows a conv into it (in place;
-    the model must be in eval mode). Returns the model and the folded pairs."""
+    the model must be in eval mode). Returns the model and the folded pairs.
+
+    pairs: the (conv name, BN name) pairs to fold; by default those the traced
+    graph shows (`conv_bn_pairs`). A slimmed model does not trace, so
+    pruner.slim finds them on the model before slimming. A conv with a
+    `fold_scale_shift(scale, shift)` method (a slimmed conv) folds itself; a
+    pair whose conv has fewer output channels than its BN (a slimmed conv
+    that scatters into the BN's full width) is left as it is."""
     if model.training:
         raise ValueError("BatchNorm folding uses running statistics: put the model in eval mode first")
-    pairs = conv_bn_pairs(model)
-    for conv_name, bn_name in pairs:
+    folded = []
+    for conv_name, bn_name in conv_bn_pairs(model) if pairs is None else pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
         if hasattr(conv, "weight_mask"):
             raise ValueError(f"'{conv_name}' is still masked: make the masks permanent (strip_masks) before folding")
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps) if bn.affine else 1 / torch.sqrt(bn.running_var + bn.eps)
-        shift = (bn.bias if bn.affine else 0) - bn.running_mean * scale
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
-        conv.bias = nn.Parameter(bias * scale + shift)
+        if not isinstance(bn, nn.BatchNorm2d) or conv.weight.shape[0] != bn.num_features:
+            continue
+        scale, shift = bn_scale_shift(bn)
+        if hasattr(conv, "fold_scale_shift"):
+            conv.fold_scale_shift(scale, shift)
+        else:
+            bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+            conv.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+            conv.bias = nn.Parameter(bias * scale + shift)
         parent_name, _, attr = bn_name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, nn.Identity())
-    return model, pairs
+        folded.append((conv_name, bn_name))
+    return model, folded

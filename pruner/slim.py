@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from models.structure import conv_chains, residual_blocks
+from pruner.fold_bn import conv_bn_pairs, fold_batchnorm
 from pruner.masking import refresh_masked_weights, strip_masks
 from pruner.refill import is_channel_wise, kept_rows
 from utils.errors import InvalidInput
@@ -87,6 +88,18 @@ class SlimConv(nn.Module):
         if self.out_index is not None:
             y = self._scatter(y)
         return y
+
+    @torch.no_grad()
+    def fold_scale_shift(self, scale, shift):
+        """Take an eval-mode BatchNorm over this conv's outputs into it:
+        outputs become scale * y + shift, the removed inputs' constant map
+        included (pruner.fold_bn)."""
+        bias = self.bias if self.bias is not None else torch.zeros_like(scale)
+        self.weight.copy_(self.weight * scale.view(-1, 1, 1, 1))
+        self.bias = nn.Parameter(bias * scale + shift)
+        if self.removed_weight is not None:
+            self.removed_weight.mul_(scale.view(-1, 1, 1, 1))
+        self._const_maps.clear()
 
     def _scatter(self, y):
         """Kept channels into a zero tensor of full width, in y's memory format."""
@@ -190,14 +203,17 @@ class SlimResidualBlock(nn.Module):
         return index_add_channels(out, self.last_index, y).relu_()
 
 
-def slim(model, mask=None):
+def slim(model, mask=None, fold_bn=False):
     """A physically slimmed copy of `model` (masked with a channel-wise mask,
-    or with `mask` given). Raises InvalidInput for a mask that is not channel-wise."""
+    or with `mask` given). Raises InvalidInput for a mask that is not channel-wise.
+    fold_bn: also fold each BatchNorm that follows a conv into it (an
+    inference form; pruner.fold_bn), as a benchmark does to the dense model."""
     refresh_masked_weights(model)  # prune's weight = orig * mask may be a graph node; deepcopy needs leaves
     model = copy.deepcopy(model).cpu().eval()
     if mask is not None:
         from pruner.masking import apply_mask
         apply_mask(model, mask)
+    bn_pairs = conv_bn_pairs(model) if fold_bn else None  # traced now: the slimmed model does not trace
     modules = dict(model.named_modules())
     names = {m: n for n, m in modules.items()}
     masks = {}
@@ -249,4 +265,6 @@ def slim(model, mask=None):
     for name, block in residual_blocks(model):
         parent_name, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent_name) if parent_name else model, attr, SlimResidualBlock(block))
+    if fold_bn:
+        fold_batchnorm(model, bn_pairs)
     return model

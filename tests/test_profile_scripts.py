@@ -90,12 +90,15 @@ def test_mask_pictures(digits_imp_run, tmp_path, cli_error):
 
 def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
     """Both CPU benchmarks on small inputs: every row checked (max |diff| 0
-    within float noise), ratios and the conv/rest split printed."""
+    within float noise), ratios and the conv/rest split printed; slim_speed
+    with BatchNorm folded on both sides (the folded slimmed models are checked
+    against the masked ones like the others)."""
     slim_speed = run_script("profile/slim_speed.py", "--arch", "res20s", "--batch_size", "8", "--image_size", "8",
-                            "--sparsity", "0.5", "--repeats", "2", "--round_to", "8")
+                            "--sparsity", "0.5", "--repeats", "2", "--round_to", "8", "--fold_bn")
     assert slim_speed.returncode == 0, slim_speed.stderr
     lines = slim_speed.stdout.splitlines()
     assert "CPU: " in lines[0] and "AVX" in lines[0]  # the CPU model and vector instructions it ran on
+    assert "BatchNorm folded on both sides" in lines[0]
     table = lines[2:5]
     labels = [re.search(r"% (refill|round 8, same weights|round 8) ", row).group(1) for row in table]
     assert labels == ["refill", "round 8", "round 8, same weights"]

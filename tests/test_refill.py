@@ -90,11 +90,15 @@ def test_slimmed_model_equals_masked_model(arch):
     mask = refill(model, global_magnitude_prune(model, 0.6), "magnitude", 0.0)
     apply_mask(model, mask)
     slimmed = slim(model)
+    folded = slim(model, fold_bn=True)  # BatchNorm folded into the slimmed convs, constant maps included
     x = torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         diff = (slimmed(x) - model(x)).abs().max().item()
-    assert diff < 1e-4
+        folded_diff = (folded(x) - model(x)).abs().max().item()
+    assert diff < 1e-4 and folded_diff < 1e-4
     assert sum(p.numel() for p in slimmed.parameters()) < 0.8 * sum(p.numel() for p in model.parameters())
+    batchnorms = [sum(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) for net in (slimmed, folded)]
+    assert batchnorms[1] < batchnorms[0] and (batchnorms[1] == 0 or arch in ("mobilenet", "vgg16_bn")), batchnorms
 
 
 def test_slimmed_resnet_in_channels_last_equals_masked_model():
