@@ -16,7 +16,8 @@ promise. --compile times torch.compile'd (inductor) dense against compiled
 slimmed models; --fold_bn folds BatchNorm into the convolutions of both.
 
 On the CPU a second table splits a forward pass of each model into the
-time spent in conv2d calls and the rest: the convolutions' own speedup is the
+time spent in conv2d calls and the rest (the models again in turn, so the
+dense model's split is measured beside each sparsity's tickets): the convolutions' own speedup is the
 most the slimmed model can reach, whatever is done about the rest.
 """
 import argparse
@@ -79,19 +80,24 @@ class ConvClock(TorchFunctionMode):
         return out
 
 
-def conv_and_rest_seconds(model, x, passes=5):
-    """(seconds in convolutions, seconds in everything else) per CPU forward
-    pass, medians of `passes` after one warm-up pass."""
-    model(x)
-    conv, rest = [], []
+def conv_and_rest_seconds(models, x, passes=5):
+    """{name: (seconds in convolutions, seconds in everything else)} per CPU
+    forward pass of each model, medians of `passes` rounds after one warm-up
+    round; a round runs every model once, in turn, so all of them see the
+    same state of a shared machine."""
+    for model in models.values():
+        model(x)
+    conv = {name: [] for name in models}
+    rest = {name: [] for name in models}
     for _ in range(passes):
-        with ConvClock() as clock:
-            tic = time.perf_counter()
-            model(x)
-            total = time.perf_counter() - tic
-        conv.append(clock.seconds)
-        rest.append(total - clock.seconds)
-    return statistics.median(conv), statistics.median(rest)
+        for name, model in models.items():
+            with ConvClock() as clock:
+                tic = time.perf_counter()
+                model(x)
+                total = time.perf_counter() - tic
+            conv[name].append(clock.seconds)
+            rest[name].append(total - clock.seconds)
+    return {name: (statistics.median(conv[name]), statistics.median(rest[name])) for name in models}
 
 
 def refilled(dense, arch, num_classes, sparsity, round_to):
@@ -164,13 +170,16 @@ def main(args):
             rows.append((label, at, kept_weights(mask), kept, slimmed, flops_ratio, diff))
         fns = {"dense": lambda: d(x), **{row[0]: (lambda m=row[4]: m(x)) for row in rows}}
         medians = alternating_medians(fns, device, args.repeats, warmup=3)
+        if device.type == "cpu" and not args.compile:
+            split = conv_and_rest_seconds({"dense": d, **{row[0]: row[4] for row in rows}}, x)
+            split_rows += [(at, label, flops_ratio, split["dense"], split[label])
+                           for label, at, _, _, _, flops_ratio, _ in rows]
         for label, at, weights, kept, slimmed, flops_ratio, diff in rows:
             speedup = medians["dense"] / medians[label]
             print(f"{100 * at:7.1f}% {label:<22} {weights:>10,} {100 * kept:12.1f}% {1e3 * medians['dense']:9.2f} "
                   f"{1e3 * medians[label]:8.2f} {speedup:7.2f}x {flops_ratio:10.2f}x {speedup / flops_ratio:13.2f} "
                   f"{diff:10.1e}")
-            if device.type == "cpu" and not args.compile:
-                split_rows.append((at, label, flops_ratio, conv_and_rest_seconds(d, x), conv_and_rest_seconds(slimmed, x)))
+
     if split_rows:
         print("\none forward pass split (ms, medians): convolutions | everything else")
         print(f"{'sparsity':>8} {'ticket':<22} {'dense conv':>10} {'slim conv':>9} {'conv speedup':>12} "
