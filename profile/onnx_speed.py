@@ -16,11 +16,13 @@ onnx.checker and against PyTorch in ONNX Runtime, dynamic batch). Then per
 batch size all models run in turn in every runtime — PyTorch eager,
 ONNX Runtime's CPU provider, and its CUDA provider where installed — after
 warm-up, and the medians are printed with each model's speedup over dense in
-the same runtime, beside the FLOPs ratio of what the model executes.
+the same runtime (the median over rounds of dense's time over the model's;
+its p10-p90 goes to --out), beside the FLOPs ratio of what the model executes.
 """
 import argparse
 import json
 import os
+import statistics
 import sys
 import tempfile
 
@@ -38,7 +40,7 @@ from app.config import RegroupConfig  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
-from utils.timing import alternating_medians  # noqa: E402
+from utils.timing import alternating_samples, paired_speedup  # noqa: E402
 from app.onnx_export import INPUT_NAME, export_onnx, onnx_modules, ort_session  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 from bench.tickets import trained_looking  # noqa: E402
@@ -96,7 +98,7 @@ def main(args):
     kinds = runtimes()
     print(f"{environment_line(device)} | onnxruntime {onnx_modules()[1].__version__} | {args.arch} | runtimes: "
           f"{', '.join(kinds)} (PyTorch on {device}) | median of {args.repeats} runs after warm-up, all models and "
-          f"runtimes in turn")
+          f"runtimes in turn; speedup: median of the rounds' dense/model ratios")
     results = []
     with tempfile.TemporaryDirectory() as folder:
         for sparsity in args.sparsity:
@@ -119,7 +121,7 @@ def main(args):
                     fns[(name, "PyTorch")] = lambda m=on_device[name]: m(x_device)
                     for kind, session in sessions[name].items():
                         fns[(name, kind)] = lambda s=session: s.run(None, {INPUT_NAME: x_numpy})
-                medians = alternating_medians(fns, device, args.repeats, warmup=3)
+                samples = alternating_samples(fns, device, args.repeats, warmup=3)
                 header = f"{'sparsity':>8} {'batch':>5} {'model':<16} {'FLOPs ratio':>11}" + "".join(
                     f" {kind + ' ms':>12} {'speedup':>8}" for kind in kinds)
                 print(header)
@@ -127,8 +129,10 @@ def main(args):
                     row = {"sparsity": sparsity, "batch": batch, "model": name, "flops_ratio": flops["dense"] / flops[name]}
                     line = f"{100 * sparsity:7.0f}% {batch:5d} {name:<16} {row['flops_ratio']:10.2f}x"
                     for kind in kinds:
-                        seconds = medians[(name, kind)]
-                        row[kind] = {"ms": 1e3 * seconds, "speedup": medians[("dense", kind)] / seconds}
+                        seconds = statistics.median(samples[(name, kind)])
+                        speedup = paired_speedup(samples, ("dense", kind), (name, kind))
+                        row[kind] = {"ms": 1e3 * seconds, "speedup": speedup["median"],
+                                     "speedup_p10": speedup["p10"], "speedup_p90": speedup["p90"]}
                         line += f" {1e3 * seconds:12.2f} {row[kind]['speedup']:7.2f}x"
                     results.append(row)
                     print(line)

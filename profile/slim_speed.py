@@ -10,7 +10,9 @@ tickets join: each layer's k rounded up to a multiple of N ("round N"), and
 the rounded ticket at the weight budget of the unrounded one ("round N, same
 weights": the lowest sparsity whose rounded ticket holds no more weights).
 Every slimmed model must give the masked model's outputs (checked); timings
-alternate dense / slimmed variants, after warm-up, and report medians.
+alternate dense / slimmed variants, after warm-up, and report medians; the
+speedup is the median over rounds of dense's time over the ticket's in the
+same round, with its p10-p90 (utils.timing.paired_speedup).
 Speedup / FLOPs ratio near 1 means the slimmed model is as fast as its FLOPs
 promise. --compile times torch.compile'd (inductor) dense against compiled
 slimmed models; --fold_bn folds BatchNorm into the convolutions of both.
@@ -40,7 +42,7 @@ from pruner.refill import refill  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
-from utils.timing import alternating_medians  # noqa: E402
+from utils.timing import alternating_samples, paired_speedup  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 
@@ -51,7 +53,7 @@ def get_args_parser():
     p.add_argument("--image_size", type=int, default=32)
     p.add_argument("--batch_size", type=int, default=64)
     p.add_argument("--sparsity", type=float, nargs="+", default=[0.5, 0.8])
-    p.add_argument("--repeats", type=int, default=15, help="timed forward passes per model")
+    p.add_argument("--repeats", type=int, default=25, help="timed forward passes per model (rounds)")
     p.add_argument("--memory_format", choices=["channels_last", "contiguous"], default="channels_last",
                    help="tensor layout for both models (oneDNN and cuDNN are fastest with channels_last)")
     p.add_argument("--round_to", type=int, default=1, metavar="N",
@@ -154,9 +156,10 @@ def main(args):
     print(f"{environment_line(device)} | {args.arch}, input {tuple(shape)} {args.memory_format} | "
           f"{'torch.compile (inductor) on both sides' if args.compile else 'eager'}"
           f"{', BatchNorm folded on both sides' if args.fold_bn else ''} | median of {args.repeats} "
-          f"forward passes after warm-up, models timed in turn")
+          f"forward passes after warm-up, models timed in turn; speedup: median [p10-p90] of the rounds' "
+          f"dense/slim ratios")
     print(f"{'sparsity':>8} {'ticket':<22} {'weights':>10} {'channels kept':>13} {'dense ms':>9} {'slim ms':>8} "
-          f"{'speedup':>8} {'FLOPs ratio':>11} {'speedup/FLOPs':>13} {'max |diff|':>10}")
+          f"{'speedup':>8} {'p10-p90':>11} {'FLOPs ratio':>11} {'speedup/FLOPs':>13} {'max |diff|':>10}")
     d = prepare(timed_dense.to(device, memory_format=fmt))
     split_rows = []
     for sparsity in args.sparsity:
@@ -169,15 +172,17 @@ def main(args):
             kept = sum(int(m.flatten(1).amax(1).sum()) for m in mask.values()) / sum(m.shape[0] for m in mask.values())
             rows.append((label, at, kept_weights(mask), kept, slimmed, flops_ratio, diff))
         fns = {"dense": lambda: d(x), **{row[0]: (lambda m=row[4]: m(x)) for row in rows}}
-        medians = alternating_medians(fns, device, args.repeats, warmup=3)
+        samples = alternating_samples(fns, device, args.repeats, warmup=3)
+        medians = {name: statistics.median(times) for name, times in samples.items()}
         if device.type == "cpu" and not args.compile:
             split = conv_and_rest_seconds({"dense": d, **{row[0]: row[4] for row in rows}}, x)
             split_rows += [(at, label, flops_ratio, split["dense"], split[label])
                            for label, at, _, _, _, flops_ratio, _ in rows]
         for label, at, weights, kept, slimmed, flops_ratio, diff in rows:
-            speedup = medians["dense"] / medians[label]
+            speedup = paired_speedup(samples, "dense", label)
             print(f"{100 * at:7.1f}% {label:<22} {weights:>10,} {100 * kept:12.1f}% {1e3 * medians['dense']:9.2f} "
-                  f"{1e3 * medians[label]:8.2f} {speedup:7.2f}x {flops_ratio:10.2f}x {speedup / flops_ratio:13.2f} "
+                  f"{1e3 * medians[label]:8.2f} {speedup['median']:7.2f}x {speedup['p10']:5.2f}-{speedup['p90']:<5.2f} "
+                  f"{flops_ratio:10.2f}x {speedup['median'] / flops_ratio:13.2f} "
                   f"{diff:10.1e}")
 
     if split_rows:

@@ -1,6 +1,8 @@
 """Shipping tickets: refill and regroup rounded to hardware channel blocks
 (--round_to), ONNX export checked in ONNX Runtime, and torch.compile of the
 slimmed and grouped models."""
+import json
+
 import pytest
 import torch
 
@@ -140,3 +142,29 @@ def test_compiled_slimmed_and_grouped_models_equal_eager():
             eager, features = whole.layer2, torch.rand(4, 16, 32, 32)  # residual blocks add into their input:
             compiled = torch.compile(eager)                               # each call gets a copy
             assert (compiled(features.clone()) - eager(features.clone())).abs().max().item() < 1e-5, type(whole).__name__
+
+
+def test_onnx_speed_times_every_ticket_in_every_runtime(tmp_path, capsys, cli_error):
+    """profile/onnx_speed.py on a tiny res20s: every model exported (checked
+    against PyTorch in ONNX Runtime inside export_onnx) and timed in PyTorch
+    and ONNX Runtime per batch size; speedups are paired with dense's calls,
+    so dense's own is exactly 1; bad numbers get one line."""
+    from conftest import load_script
+    onnx_speed = load_script("profile/onnx_speed.py")
+    out = tmp_path / "onnx_speed.json"
+    onnx_speed.main(onnx_speed.get_args_parser().parse_args(
+        ["--arch", "res20s", "--sparsity", "0.8", "--round_to", "8", "--batch_size", "1", "3", "--image_size", "8",
+         "--repeats", "3", "--cn", "4", "--b2", "4", "--out", str(out)]))
+    assert "speedup: median of the rounds' dense/model ratios" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    models = ["dense", "slim", "slim, round 8", "regrouped"]
+    assert [(row["batch"], row["model"]) for row in rows] == [(b, m) for b in (1, 3) for m in models]
+    for row in rows:
+        for kind in ("PyTorch", "ORT CPU"):
+            t = row[kind]
+            assert t["ms"] > 0 and t["speedup_p10"] <= t["speedup"] <= t["speedup_p90"]
+            if row["model"] == "dense":
+                assert t["speedup"] == 1.0 and row["flops_ratio"] == 1.0
+    assert all(row["flops_ratio"] > 1 for row in rows if row["model"] != "dense")
+    assert "--round_to, --batch_size and --repeats must be positive" in cli_error(onnx_speed, ["--round_to", "0"])
+    assert "unknown --arch 'res19'" in cli_error(onnx_speed, ["--arch", "res19"])

@@ -106,7 +106,10 @@ def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
     rows = [row.split("%", 1)[1].replace(labels[i], "", 1).split() for i, row in enumerate(table)]
     weights = [int(row[0].replace(",", "")) for row in rows]
     assert weights[1] > weights[0] >= weights[2]  # rounding adds weights; the matched ticket holds no more
-    assert all(float(row[-1]) < 1e-4 and row[4].endswith("x") and row[5].endswith("x") for row in rows)
+    assert all(float(row[-1]) < 1e-4 and row[4].endswith("x") and row[6].endswith("x") for row in rows)
+    for row in rows:  # speedup: median of the rounds' dense/slim ratios, inside its p10-p90
+        speedup, (p10, p90), flops_ratio = float(row[4][:-1]), map(float, row[5].split("-")), float(row[6][:-1])
+        assert p10 <= speedup <= p90 and abs(float(row[7]) - speedup / flops_ratio) < 0.01
     split = next(line for line in lines[6:] if "refill" in line).split()
     assert float(split[2]) > 0 and float(split[3]) > 0  # dense and slim conv milliseconds
     assert "GPU" not in slim_speed.stderr  # no profiler start-up noise
@@ -184,3 +187,17 @@ def test_gpu_report_names_the_triton_variant_and_the_sweep_reads_variants():
     failed = gpu_check.markdown({"versions": {"gpu": "test"}, "tile_variant": {"ok": False, "output": "CompilationError"}},
                                 args)
     assert "Tile variant smoke check: FAILED, so this run used the gather variant only: CompilationError" in failed
+
+
+def test_alternating_samples_run_in_turn_and_speedups_pair_rounds():
+    """The benchmarks' timing: one call of each callable per round, in order,
+    after the warm-up; the speedup is taken round by round, so a spell that
+    slows both calls of a round (round 2 here, 3x) leaves the ratio alone."""
+    from utils.timing import alternating_samples, paired_speedup, summary
+    calls = []
+    samples = alternating_samples({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                                  torch.device("cpu"), repeats=3, warmup=1)
+    assert calls == ["a", "b"] * 4 and all(len(t) == 3 and min(t) >= 0 for t in samples.values())
+    spell = {"dense": [0.75, 2.25, 0.75, 1.5, 0.75], "slim": [0.25, 0.75, 0.375, 0.5, 0.25]}  # seconds, exact in binary
+    assert paired_speedup(spell, "dense", "slim") == summary([3.0, 3.0, 2.0, 3.0, 3.0])
+    assert paired_speedup(spell, "dense", "slim")["median"] == 3.0  # the ratio of the two medians: 0.75 / 0.375 = 2

@@ -28,10 +28,11 @@ def seconds_of(fn, device):
     return time.perf_counter() - tic
 
 
-def alternating_medians(fns, device, repeats, warmup=2):
-    """{name: median seconds} of the callables in `fns`, timed in turn
-    (one call of each per round, `repeats` rounds after `warmup`), so that
-    a slow spell of a shared machine hits all of them alike."""
+def alternating_samples(fns, device, repeats, warmup=2):
+    """{name: [seconds]} of the callables in `fns`, timed in turn (one call
+    of each per round, `repeats` rounds after `warmup`), so that a slow
+    spell of a shared machine hits all of them alike; the i-th sample of
+    every name comes from the same round."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -39,7 +40,21 @@ def alternating_medians(fns, device, repeats, warmup=2):
     for _ in range(repeats):
         for name, fn in fns.items():
             times[name].append(seconds_of(fn, device))
-    return {name: statistics.median(t) for name, t in times.items()}
+    return times
+
+
+def alternating_medians(fns, device, repeats, warmup=2):
+    """{name: median seconds} of alternating_samples."""
+    return {name: statistics.median(t) for name, t in alternating_samples(fns, device, repeats, warmup).items()}
+
+
+def paired_speedup(samples, base, name):
+    """summary() of base's time over name's, round by round, for samples
+    from alternating_samples. On a shared machine whose slow spells last
+    longer than a round (seconds here), both calls of a round see the same
+    spell and it cancels in their ratio, where a ratio of two medians
+    mixes the spells each median happened to land in."""
+    return summary([b / t for b, t in zip(samples[base], samples[name])])
 
 
 def median_seconds(fn, device, repeats, warmup=5):
