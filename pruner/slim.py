@@ -44,7 +44,8 @@ class SlimConv(nn.Module):
     in_index:   channels of the incoming tensor to read (None: all it has);
     const_in:   (weight on removed inputs, their constant values) when the
                 incoming tensor already lacks them, else None;
-    out_index / out_channels: scatter the outputs to this full width (None: don't).
+    out_index / out_channels: scatter the outputs to this full width (None: don't,
+                or every channel is kept).
     """
 
     def __init__(self, conv, out_keep, in_keep, in_gather, const_in, scatter):
@@ -58,8 +59,11 @@ class SlimConv(nn.Module):
         self.weight = nn.Parameter(w.clone())
         self.bias = None if conv.bias is None else nn.Parameter(conv.bias.detach()[out_keep].clone())
         self.stride, self.padding, self.dilation = conv.stride, conv.padding, conv.dilation
-        self.register_buffer("in_index", in_gather.clone() if in_gather is not None else None)
-        self.register_buffer("out_index", out_keep.clone() if scatter else None)
+        whole_input = in_gather is not None and torch.equal(in_gather, torch.arange(conv.in_channels))
+        self.register_buffer("in_index", in_gather.clone() if in_gather is not None and not whole_input else None)
+        # a layer that keeps every output channel (rounding up to c_out does that) has nothing to scatter:
+        # a zero tensor + index_copy_ would only copy its output (17.7 ms per ResNet-18 pass at 50%, round 16)
+        self.register_buffer("out_index", out_keep.clone() if scatter and len(out_keep) < conv.out_channels else None)
         self.out_channels = conv.out_channels
         if const_in is not None:
             removed_weight, values = const_in

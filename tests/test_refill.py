@@ -117,6 +117,31 @@ def test_slimmed_resnet_in_channels_last_equals_masked_model():
     assert (got - expected).abs().max().item() < 1e-4
 
 
+@pytest.mark.parametrize("arch, round_to", [("res20s", 16), ("mobilenet", 32)])
+def test_slimmed_layers_that_keep_every_channel_scatter_nothing(arch, round_to):
+    """Rounding k up to c_out keeps whole layers (res20s' 16-wide ones at
+    --round_to 16, a MobileNet depthwise layer at 32): their slimmed convs
+    write their output as it is, with no zero tensor and index copy, a whole
+    depthwise layer reads its input without a gather, and the model still
+    equals the masked one."""
+    from pruner.slim import SlimConv
+    torch.manual_seed(0)
+    model = build_model(arch, 10, 3).eval()
+    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
+        bn.bias.data.uniform_(-1, 1)
+    apply_mask(model, refill(model, global_magnitude_prune(model, 0.7), "magnitude", 0.0, None, round_to))
+    slimmed = slim(model).to(memory_format=torch.channels_last)
+    convs = [m for m in slimmed.modules() if isinstance(m, SlimConv)]
+    whole = [m for m in convs if m.weight.shape[0] == m.out_channels]
+    assert whole and len(whole) < len(convs)  # some layers kept whole, others cut
+    assert all(m.out_index is None for m in whole)
+    assert all(m.in_index is None for m in whole if m.groups > 1) and (arch != "mobilenet" or any(
+        m.groups > 1 for m in whole))
+    x = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        assert (slimmed(x.contiguous(memory_format=torch.channels_last)) - model(x)).abs().max().item() < 1e-4
+
+
 def test_slim_refuses_unstructured_masks():
     model = build_model("res20s", 10, 1, (0.3,), (0.2,))
     with pytest.raises(InvalidInput, match="not channel-wise"):
