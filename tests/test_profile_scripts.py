@@ -109,7 +109,8 @@ def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
     assert all(float(row[-1]) < 1e-4 and row[4].endswith("x") and row[6].endswith("x") for row in rows)
     for row in rows:  # speedup: median of the rounds' dense/slim ratios, inside its p10-p90
         speedup, (p10, p90), flops_ratio = float(row[4][:-1]), map(float, row[5].split("-")), float(row[6][:-1])
-        assert p10 <= speedup <= p90 and abs(float(row[7]) - speedup / flops_ratio) < 0.01
+        # speedup/FLOPs from the printed (two-decimal) figures, within what their rounding allows
+        assert p10 <= speedup <= p90 and abs(float(row[7]) - speedup / flops_ratio) <= 0.011 + 0.006 * speedup / flops_ratio
     split = next(line for line in lines[6:] if "refill" in line).split()
     assert float(split[2]) > 0 and float(split[3]) > 0  # dense and slim conv milliseconds
     assert "GPU" not in slim_speed.stderr  # no profiler start-up noise
