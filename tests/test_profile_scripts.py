@@ -126,6 +126,8 @@ def test_cpu_speed_runs_every_layer_regrouped_or_faster_dense(tmp_path, cli_erro
     assert set(run["eager"]["ms"]) == {"dense", "dense, BN folded", "regrouped", "slimmed refill"}
     assert set(run["max_abs_diff"]) == {"dense, BN folded", "regrouped", "slimmed refill"}
     assert all(diff < 1e-4 for diff in run["max_abs_diff"].values())
+    eager = run["eager"]  # speedups paired round by round, inside their spread
+    assert eager["speedup_p10"] <= eager["speedup"] <= eager["speedup_p90"] and eager["slimmed_speedup"] > 0
     assert 0.95 < run["share_in_layers_with_blocks"] < 1  # --cn auto: every pruned layer (not the stem, the classifier)
     grouped = any(layer["form"] == "grouped" for layer in run["layers"].values())
     # the ratio is taken from FLOP counts, the JSON holds them in MFLOPs: equal up to rounding of the division

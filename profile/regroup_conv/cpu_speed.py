@@ -18,7 +18,8 @@ real input stays dense (the per-layer choice, timed here). Refill
 Like with like: the regrouped model is timed against the dense model with
 BatchNorm folded the same way; the slimmed model (it keeps its BatchNorms)
 against the plain dense model. All run in turn, after warm-up, channels-last
-by default, medians of --repeats; every model's outputs are checked against
+by default, medians of --repeats (speedups: the median and p10-p90 of each
+round's paired ratio, utils.timing.paired_speedup); every model's outputs are checked against
 the masked model it implements first. Reported per run: the share of the
 dense FLOPs in layers with blocks and the executed FLOPs ratio (dense FLOPs
 / FLOPs the deployed model runs, group padding and dense layers included).
@@ -26,6 +27,7 @@ dense FLOPs in layers with blocks and the executed FLOPs ratio (dense FLOPs
 import argparse
 import copy
 import os
+import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -43,7 +45,7 @@ from app.config import RegroupConfig  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import flops_share, model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
-from utils.timing import alternating_medians  # noqa: E402
+from utils.timing import alternating_samples, paired_speedup  # noqa: E402
 from app.report import write_json  # noqa: E402
 from bench.tickets import trained_looking  # noqa: E402
 
@@ -131,7 +133,7 @@ def time_models(models, x, repeats, compiled=False):
             model = torch.compile(model)
             model(x)  # compile outside the timed rounds
         calls[name] = (lambda m: lambda: m(x))(model)
-    return alternating_medians(calls, CPU, repeats, warmup=1)
+    return alternating_samples(calls, CPU, repeats, warmup=1)
 
 
 @torch.no_grad()
@@ -143,7 +145,8 @@ def main(args):
     shape = (args.batch_size, 3, args.image_size, args.image_size)
     x = torch.rand(shape).contiguous(memory_format=fmt)
     print(f"{environment_line(CPU)} | {args.arch}, input {shape}, {args.memory_format}, unit channel, cn {args.cn} "
-          f"b2 {args.b2} t1 {args.t1} | medians of {args.repeats}, alternating")
+          f"b2 {args.b2} t1 {args.t1} | medians of {args.repeats}, alternating; end-to-end speedups: median "
+          f"[p10-p90] of the rounds' paired ratios")
     results = {"environment": environment_line(CPU), "args": vars(args), "runs": []}
     for sparsity in args.sparsity:
         checked, layers, infos, folded, regrouped_mask = tickets(base, sparsity, args, x)
@@ -168,15 +171,21 @@ def main(args):
                   f"{row.get('flops_ratio', 1.0):10.2f}x  {row['form']}")
         run = {"sparsity": sparsity, "kept": regrouped_mask.density(), "layers": layers, "max_abs_diff": diffs, **flops}
         for compiled in ([False, True] if args.compile else [False]):
-            t = time_models(models, x, args.repeats, compiled)
+            samples = time_models(models, x, args.repeats, compiled)
+            t = {name: statistics.median(times) for name, times in samples.items()}
             label = "compiled (inductor)" if compiled else "eager"
-            speedup = t["dense, BN folded"] / t["regrouped"]
+            regrouped = paired_speedup(samples, "dense, BN folded", "regrouped")
+            slimmed = paired_speedup(samples, "dense", "slimmed refill")
+            speedup = regrouped["median"]
             print(f"  end to end, {label}: " + ", ".join(f"{n} {1e3 * s:.1f} ms" for n, s in t.items()))
-            print(f"    regrouped: speedup {speedup:.2f}x over dense (BN folded), executed FLOPs ratio "
-                  f"{flops['executed_flops_ratio']:.2f}x -> {speedup / flops['executed_flops_ratio']:.2f} of it | "
-                  f"slimmed refill: {t['dense'] / t['slimmed refill']:.2f}x over dense")
-            run["compiled" if compiled else "eager"] = {"ms": {n: 1e3 * s for n, s in t.items()}, "speedup": speedup,
-                                                        "of_executed_flops_ratio": speedup / flops["executed_flops_ratio"]}
+            print(f"    regrouped: speedup {speedup:.2f}x [{regrouped['p10']:.2f}-{regrouped['p90']:.2f}] over dense "
+                  f"(BN folded), executed FLOPs ratio {flops['executed_flops_ratio']:.2f}x -> "
+                  f"{speedup / flops['executed_flops_ratio']:.2f} of it | slimmed refill: {slimmed['median']:.2f}x "
+                  f"[{slimmed['p10']:.2f}-{slimmed['p90']:.2f}] over dense")
+            run["compiled" if compiled else "eager"] = {
+                "ms": {n: 1e3 * s for n, s in t.items()}, "speedup": speedup,
+                "speedup_p10": regrouped["p10"], "speedup_p90": regrouped["p90"],
+                "of_executed_flops_ratio": speedup / flops["executed_flops_ratio"], "slimmed_speedup": slimmed["median"]}
         results["runs"].append(run)
     if args.out:
         write_json(args.out, results)
