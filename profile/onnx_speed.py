@@ -22,7 +22,6 @@ its p10-p90 goes to --out), beside the FLOPs ratio of what the model executes.
 import argparse
 import json
 import os
-import statistics
 import sys
 import tempfile
 
@@ -40,7 +39,7 @@ from app.config import RegroupConfig  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
-from utils.timing import alternating_samples, paired_speedup  # noqa: E402
+from utils.timing import alternating_samples, medians, paired_speedup  # noqa: E402
 from app.onnx_export import INPUT_NAME, export_onnx, onnx_modules, ort_session  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 from bench.tickets import trained_looking  # noqa: E402
@@ -122,6 +121,7 @@ def main(args):
                     for kind, session in sessions[name].items():
                         fns[(name, kind)] = lambda s=session: s.run(None, {INPUT_NAME: x_numpy})
                 samples = alternating_samples(fns, device, args.repeats, warmup=3)
+                median = medians(samples)
                 header = f"{'sparsity':>8} {'batch':>5} {'model':<16} {'FLOPs ratio':>11}" + "".join(
                     f" {kind + ' ms':>12} {'speedup':>8}" for kind in kinds)
                 print(header)
@@ -129,7 +129,7 @@ def main(args):
                     row = {"sparsity": sparsity, "batch": batch, "model": name, "flops_ratio": flops["dense"] / flops[name]}
                     line = f"{100 * sparsity:7.0f}% {batch:5d} {name:<16} {row['flops_ratio']:10.2f}x"
                     for kind in kinds:
-                        seconds = statistics.median(samples[(name, kind)])
+                        seconds = median[(name, kind)]
                         speedup = paired_speedup(samples, ("dense", kind), (name, kind))
                         row[kind] = {"ms": 1e3 * seconds, "speedup": speedup["median"],
                                      "speedup_p10": speedup["p10"], "speedup_p90": speedup["p90"]}

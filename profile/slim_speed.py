@@ -42,7 +42,7 @@ from pruner.refill import refill  # noqa: E402
 from pruner.slim import slim  # noqa: E402
 from utils.flops import model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
-from utils.timing import alternating_samples, paired_speedup  # noqa: E402
+from utils.timing import alternating_samples, medians, paired_speedup  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 
@@ -173,15 +173,15 @@ def main(args):
             rows.append((label, at, kept_weights(mask), kept, slimmed, flops_ratio, diff))
         fns = {"dense": lambda: d(x), **{row[0]: (lambda m=row[4]: m(x)) for row in rows}}
         samples = alternating_samples(fns, device, args.repeats, warmup=3)
-        medians = {name: statistics.median(times) for name, times in samples.items()}
+        median = medians(samples)
         if device.type == "cpu" and not args.compile:
             split = conv_and_rest_seconds({"dense": d, **{row[0]: row[4] for row in rows}}, x)
             split_rows += [(at, label, flops_ratio, split["dense"], split[label])
                            for label, at, _, _, _, flops_ratio, _ in rows]
         for label, at, weights, kept, slimmed, flops_ratio, diff in rows:
             speedup = paired_speedup(samples, "dense", label)
-            print(f"{100 * at:7.1f}% {label:<22} {weights:>10,} {100 * kept:12.1f}% {1e3 * medians['dense']:9.2f} "
-                  f"{1e3 * medians[label]:8.2f} {speedup['median']:7.2f}x {speedup['p10']:5.2f}-{speedup['p90']:<5.2f} "
+            print(f"{100 * at:7.1f}% {label:<22} {weights:>10,} {100 * kept:12.1f}% {1e3 * median['dense']:9.2f} "
+                  f"{1e3 * median[label]:8.2f} {speedup['median']:7.2f}x {speedup['p10']:5.2f}-{speedup['p90']:<5.2f} "
                   f"{flops_ratio:10.2f}x {speedup['median'] / flops_ratio:13.2f} "
                   f"{diff:10.1e}")
 

@@ -43,9 +43,14 @@ def alternating_samples(fns, device, repeats, warmup=2):
     return times
 
 
+def medians(samples):
+    """{name: median seconds} of {name: [seconds]}."""
+    return {name: statistics.median(t) for name, t in samples.items()}
+
+
 def alternating_medians(fns, device, repeats, warmup=2):
     """{name: median seconds} of alternating_samples."""
-    return {name: statistics.median(t) for name, t in alternating_samples(fns, device, repeats, warmup).items()}
+    return medians(alternating_samples(fns, device, repeats, warmup))
 
 
 def paired_speedup(samples, base, name):

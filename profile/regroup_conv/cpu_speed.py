@@ -27,7 +27,6 @@ dense FLOPs in layers with blocks and the executed FLOPs ratio (dense FLOPs
 import argparse
 import copy
 import os
-import statistics
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -45,7 +44,7 @@ from app.config import RegroupConfig  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.flops import flops_share, model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
-from utils.timing import alternating_samples, paired_speedup  # noqa: E402
+from utils.timing import alternating_samples, medians, paired_speedup  # noqa: E402
 from app.report import write_json  # noqa: E402
 from bench.tickets import trained_looking  # noqa: E402
 
@@ -172,7 +171,7 @@ def main(args):
         run = {"sparsity": sparsity, "kept": regrouped_mask.density(), "layers": layers, "max_abs_diff": diffs, **flops}
         for compiled in ([False, True] if args.compile else [False]):
             samples = time_models(models, x, args.repeats, compiled)
-            t = {name: statistics.median(times) for name, times in samples.items()}
+            t = medians(samples)
             label = "compiled (inductor)" if compiled else "eager"
             regrouped = paired_speedup(samples, "dense, BN folded", "regrouped")
             slimmed = paired_speedup(samples, "dense", "slimmed refill")
