@@ -1,7 +1,7 @@
 """Benchmark: CPU (or GPU) inference time of a dense model against its
 slimmed refill ticket, beside the FLOPs ratio.
 
-    python profile/slim_speed.py --arch res18 --sparsity 0.5 0.8 --batch_size 64 --round_to 16 [--compile]
+    python profile/slim_speed.py --arch res18 --sparsity 0.5 0.8 --batch_size 64 --round_to 16 [--compile] [--no-fold_bn]
 
 For each weight sparsity, a mask is made by one global magnitude step on the
 model's initial weights and refilled (magnitude criterion, rate 0): the
@@ -15,7 +15,15 @@ speedup is the median over rounds of dense's time over the ticket's in the
 same round, with its p10-p90 (utils.timing.paired_speedup).
 Speedup / FLOPs ratio near 1 means the slimmed model is as fast as its FLOPs
 promise. --compile times torch.compile'd (inductor) dense against compiled
-slimmed models; --fold_bn folds BatchNorm into the convolutions of both.
+slimmed models.
+
+Both models are timed in their inference form by default: each BatchNorm
+folded into the convolution before it (pruner.fold_bn), as ONNX Runtime,
+TensorRT and inductor's freezing do to a deployed model, and as
+end_to_end.py and cpu_speed.py time the dense model. --no-fold_bn keeps the
+BatchNorms as separate operators on both sides (the training-time graph);
+their elementwise work shrinks less than the FLOPs (layer 1, where most of
+it runs, keeps the most channels), so the ratio reads lower that way.
 
 On the CPU a second table splits a forward pass of each model into the
 time spent in conv2d calls and the rest (the models again in turn, so the
@@ -59,8 +67,9 @@ def get_args_parser():
     p.add_argument("--round_to", type=int, default=1, metavar="N",
                    help="also time tickets whose kept channels are rounded up to a multiple of N")
     p.add_argument("--compile", action="store_true", help="time torch.compile'd dense and slimmed models")
-    p.add_argument("--fold_bn", action="store_true",
-                   help="fold BatchNorm into the convolutions of both the dense and the slimmed models (inference form)")
+    p.add_argument("--fold_bn", action=argparse.BooleanOptionalAction, default=True,
+                   help="fold BatchNorm into the convolutions of both the dense and the slimmed models, the inference "
+                        "form (default); --no-fold_bn times both with their BatchNorm layers")
     p.add_argument("--gpu", type=int, default=None)
     return p
 
@@ -155,7 +164,8 @@ def main(args):
     prepare = torch.compile if args.compile else (lambda model: model)
     print(f"{environment_line(device)} | {args.arch}, input {tuple(shape)} {args.memory_format} | "
           f"{'torch.compile (inductor) on both sides' if args.compile else 'eager'}"
-          f"{', BatchNorm folded on both sides' if args.fold_bn else ''} | median of {args.repeats} "
+          f"{', BatchNorm folded on both sides' if args.fold_bn else ', BatchNorm as separate layers on both sides'}"
+          f" | median of {args.repeats} "
           f"forward passes after warm-up, models timed in turn; speedup: median [p10-p90] of the rounds' "
           f"dense/slim ratios")
     print(f"{'sparsity':>8} {'ticket':<22} {'weights':>10} {'channels kept':>13} {'dense ms':>9} {'slim ms':>8} "

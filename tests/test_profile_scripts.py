@@ -92,10 +92,13 @@ def test_mask_pictures(digits_imp_run, tmp_path, cli_error):
 def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
     """Both CPU benchmarks on small inputs: every row checked (max |diff| 0
     within float noise), ratios and the conv/rest split printed; slim_speed
-    with BatchNorm folded on both sides (the folded slimmed models are checked
-    against the masked ones like the others)."""
+    times the inference form by default, BatchNorm folded on both sides (the
+    folded slimmed models are checked against the masked ones like the
+    others), and --no-fold_bn keeps the BatchNorm layers."""
+    parser = load_script("profile/slim_speed.py").get_args_parser()
+    assert parser.parse_args([]).fold_bn and not parser.parse_args(["--no-fold_bn"]).fold_bn
     slim_speed = run_script("profile/slim_speed.py", "--arch", "res20s", "--batch_size", "8", "--image_size", "8",
-                            "--sparsity", "0.5", "--repeats", "2", "--round_to", "8", "--fold_bn")
+                            "--sparsity", "0.5", "--repeats", "2", "--round_to", "8")
     assert slim_speed.returncode == 0, slim_speed.stderr
     lines = slim_speed.stdout.splitlines()
     assert "CPU: " in lines[0] and "AVX" in lines[0]  # the CPU model and vector instructions it ran on
