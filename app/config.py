@@ -48,6 +48,8 @@ class TrainConfig(FlagConfig):
     """How one model is trained, and where the run lives."""
     data: str = flag("datasets", "dataset location (unused for digits)", "general")
     dataset: str = flag("digits", f"one of: {', '.join(dataset_names())}", "general")
+    download: bool = flag(False, "fetch cifar10/cifar100 into --data when its files are missing (the official "
+                                 "archive, md5-checked)", "general")
     arch: str = flag("res20s", f"one of: {', '.join(model_names())}", "general")
     seed: int = flag(1, "seed of weights, data order and augmentation", "general", type=int)
     save_dir: str = flag("runs/imp", "where checkpoints, summary.json and plots go", "general")

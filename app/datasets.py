@@ -6,8 +6,9 @@ the model (`models.normalize`), so `spec.mean`/`spec.std` travel with it.
 - digits: scikit-learn's bundled 8x8 handwritten digits (1797 images, no
   download); a fixed stratified 70/10/20 train/val/test split.
 - cifar10 / cifar100: the python-pickle release under
-  `<data>/cifar-10-batches-py` (`cifar-100-python`); validation is the last
-  5,000 training images, so training uses 45,000; test is the test batch.
+  `<data>/cifar-10-batches-py` (`cifar-100-python`), read without running
+  code (app.cifar); validation is the last 5,000 training images, so
+  training uses 45,000; test is the test batch. `download=True` fetches it.
 - tiny-imagenet: `<data>/train/<wnid>/images/*.JPEG`, validation from
   `<data>/val/val_annotations.txt` (or a `val/<wnid>/` folder tree); the
   validation set is also the test set (its labels are the public ones).
@@ -46,7 +47,7 @@ def digits_arrays():
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
-def _digits(root):
+def _digits(root, download=False):
     images, labels = digits_arrays()
     images = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
     labels = torch.tensor(labels, dtype=torch.long)
@@ -66,11 +67,18 @@ def _needs_torchvision(name):
     """The loader of an image dataset, imported on first use: torchvision
     takes ~3 s to import (it pulls in torch._dynamo), which every script
     start and every digits run would otherwise pay."""
-    def load(root):
+    def load(root, download=False):
         from app import image_datasets
+        if download and name not in DOWNLOADABLE:
+            raise InvalidInput(f"--download fetches {' and '.join(DOWNLOADABLE)}; {name} cannot be downloaded here: "
+                               f"put it at '{root}' (see the layout in README's datasets table)")
+        if name in DOWNLOADABLE:
+            return image_datasets.LOADERS[name](root, download=download)
         return image_datasets.LOADERS[name](root)
     return load
 
+
+DOWNLOADABLE = ("cifar10", "cifar100")  # torchvision's md5-checked archives; digits is bundled, ImageNet needs a login
 
 DATASETS = {
     "digits": _digits,
@@ -91,12 +99,13 @@ def dataset_names():
     return sorted(DATASETS)
 
 
-def load_dataset(name, root):
+def load_dataset(name, root, download=False):
     """(train, val, test, spec) for `name`; unknown names and unreadable
-    paths raise InvalidInput with the valid names / expected layout."""
+    paths raise InvalidInput with the valid names / expected layout. With
+    `download`, CIFAR files missing under `root` are fetched first."""
     if name not in DATASETS:
         raise InvalidInput(f"unknown dataset '{name}'; valid: {', '.join(dataset_names())}")
-    return DATASETS[name](root)
+    return DATASETS[name](root, download=download)
 
 
 def make_loader(dataset, batch_size, shuffle, workers, seed=None, sampler=None, pin_memory=False):

@@ -1,39 +1,32 @@
-"""Readers of the image datasets (CIFAR-10/100, Tiny-ImageNet, ImageNet)
-through torchvision; app.datasets imports this module only when one of them
-is asked for. Layouts and splits are described in app.datasets."""
+"""Readers of the image datasets: CIFAR-10/100 from their python batches
+(app.cifar: read without running code, checked, downloaded on request),
+Tiny-ImageNet and ImageNet through torchvision's folder readers. app.datasets
+imports this module only when one of them is asked for. Layouts and splits
+are described in app.datasets."""
 import os
 
-from torch.utils.data import Dataset, Subset
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import Dataset
 from torchvision import datasets as tv_datasets
 from torchvision import transforms as T
 
+from app import cifar
 from app.splits import DataSplits, DatasetSpec
 from utils.errors import InvalidInput
 
 
-class _CifarFiles(tv_datasets.CIFAR10):
-    """torchvision's CIFAR reader that checks files exist instead of their
-    md5 sums: the same layout, any content (tests write small fake batches)."""
+class CifarImages(Dataset):
+    """CIFAR images held in memory (uint8 HWC) with their labels; items are
+    (transform(PIL image), label), as torchvision's CIFAR reader gives them."""
 
-    def _check_integrity(self):
-        folder = os.path.join(self.root, self.base_folder)
-        return all(os.path.isfile(os.path.join(folder, name)) for name, _ in self.train_list + self.test_list)
+    def __init__(self, images, labels, classes, transform):
+        self.images, self.labels, self.classes, self.transform = images, labels, classes, transform
 
-    def _load_meta(self):
-        import pickle
-        path = os.path.join(self.root, self.base_folder, self.meta["filename"])
-        if not os.path.isfile(path):
-            raise InvalidInput(f"missing CIFAR metadata file {path}")
-        with open(path, "rb") as f:
-            self.classes = pickle.load(f, encoding="latin1")[self.meta["key"]]
-        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+    def __len__(self):
+        return len(self.labels)
 
-
-class _Cifar100Files(_CifarFiles):
-    base_folder = tv_datasets.CIFAR100.base_folder
-    train_list = tv_datasets.CIFAR100.train_list
-    test_list = tv_datasets.CIFAR100.test_list
-    meta = tv_datasets.CIFAR100.meta
+    def __getitem__(self, i):
+        return self.transform(Image.fromarray(self.images[i])), int(self.labels[i])
 
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
@@ -41,30 +34,41 @@ CIFAR100_MEAN, CIFAR100_STD = (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
 
-def _cifar(reader, num_classes, mean, std):
-    def load(root):
-        folder = reader.base_folder
+def _cifar(name, mean, std):
+    def load(root, download=False):
+        release = cifar.RELEASES[name]
+        folder = release.folder
         if os.path.basename(os.path.normpath(root)) == folder:
             root = os.path.dirname(os.path.normpath(root))
-        expected = [n for n, _ in reader.train_list + reader.test_list] + [reader.meta["filename"]]
-        missing = [n for n in expected if not os.path.isfile(os.path.join(root, folder, n))]
+        if download and cifar.missing_files(root, release):
+            cifar.download(root, release)
+        missing = cifar.missing_files(root, release)
         if missing:
             raise InvalidInput(f"dataset path '{root}' lacks {folder}/{missing[0]}: expected "
-                            f"{root}/{folder}/{{{','.join(expected)}}} (the python version of the dataset)")
+                               f"{root}/{folder}/{{{','.join(release.files)}}} (the python version of the dataset; "
+                               "--download fetches it)")
+        folder = os.path.join(root, folder)
+        classes = cifar.class_names(folder, release)
+        train_images, train_labels = cifar.read_split(folder, release, train=True)
+        test_images, test_labels = cifar.read_split(folder, release, train=False)
         train_tf = T.Compose([T.RandomCrop(32, padding=4), T.RandomHorizontalFlip(), T.ToTensor()])
         test_tf = T.ToTensor()
-        try:
-            full_train = reader(root, train=True, transform=train_tf)
-            full_val = reader(root, train=True, transform=test_tf)
-            test = reader(root, train=False, transform=test_tf)
-        except (OSError, ValueError, KeyError, EOFError) as err:
-            raise InvalidInput(f"cannot read {reader.__name__} files under '{root}/{folder}': {err}") from None
-        n = len(full_train)
+        n = len(train_labels)
         n_val = min(5000, n // 10)  # the paper's 45k/5k split; small fakes keep 10% for validation
-        train = Subset(full_train, range(0, n - n_val))
-        val = Subset(full_val, range(n - n_val, n))
-        return DataSplits(train, val, test, DatasetSpec(num_classes, 3, mean, std, False, 32))
+        train = CifarImages(train_images[: n - n_val], train_labels[: n - n_val], classes, train_tf)
+        val = CifarImages(train_images[n - n_val:], train_labels[n - n_val:], classes, test_tf)
+        test = CifarImages(test_images, test_labels, classes, test_tf)
+        return DataSplits(train, val, test, DatasetSpec(release.num_classes, 3, mean, std, False, 32))
     return load
+
+
+def read_image(path):
+    """An RGB PIL image; a file PIL cannot read names its path (also when met in a data-loader worker)."""
+    try:
+        return tv_datasets.folder.default_loader(path)
+    except (OSError, ValueError, SyntaxError) as err:  # PIL: UnidentifiedImageError (an OSError), truncated files
+        reason = "not an image file PIL recognises" if isinstance(err, UnidentifiedImageError) else err
+        raise InvalidInput(f"cannot read image '{path}': {reason}") from None
 
 
 class _TinyImageNetVal(Dataset):
@@ -88,14 +92,14 @@ class _TinyImageNetVal(Dataset):
 
     def __getitem__(self, i):
         path, label = self.samples[i]
-        return self.transform(tv_datasets.folder.default_loader(path)), label
+        return self.transform(read_image(path)), label
 
 
 def _image_folder(root, transform, what):
     if not os.path.isdir(root):
         raise InvalidInput(f"dataset path '{root}' not found: expected {what}")
     try:
-        return tv_datasets.ImageFolder(root, transform=transform)
+        return tv_datasets.ImageFolder(root, transform=transform, loader=read_image)
     except (FileNotFoundError, OSError) as err:
         raise InvalidInput(f"cannot read '{root}' as {what}: {err}") from None
 
@@ -127,8 +131,8 @@ def _imagenet(root):
 
 
 LOADERS = {
-    "cifar10": _cifar(_CifarFiles, 10, CIFAR_MEAN, CIFAR_STD),
-    "cifar100": _cifar(_Cifar100Files, 100, CIFAR100_MEAN, CIFAR100_STD),
+    "cifar10": _cifar("cifar10", CIFAR_MEAN, CIFAR_STD),
+    "cifar100": _cifar("cifar100", CIFAR100_MEAN, CIFAR100_STD),
     "tiny-imagenet": _tiny_imagenet,
     "imagenet": _imagenet,
 }

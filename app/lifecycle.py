@@ -105,12 +105,23 @@ def open_run(train):
         device = dist_ctx.device
         where = f"{device} x {dist_ctx.world_size} ranks (torchrun{'; --gpu ignored' if train.gpu is not None else ''})"
     print(f"device: {where} | torch {torch.__version__} | dataset {train.dataset} | arch {train.arch}", flush=True)
-    data = load_dataset(train.dataset, train.data)
+    data = load_data(train, dist_ctx)
     seed_everything(train.seed)
     model = model_for(train.arch, data.spec).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     return Run(train, device, data, model, dist_ctx)
+
+
+def load_data(train, dist_ctx):
+    """The dataset; with --download under torchrun rank 0 fetches it while the other ranks wait."""
+    fetcher = dist_ctx is None or dist_ctx.is_main
+    if train.download and not fetcher:
+        dist_ctx.barrier()
+    data = load_dataset(train.dataset, train.data, download=train.download and fetcher)
+    if train.download and dist_ctx is not None and fetcher:
+        dist_ctx.barrier()
+    return data
 
 
 def checkpoint_bytes(model):

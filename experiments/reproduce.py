@@ -74,6 +74,8 @@ def get_args_parser():
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--dataset", default="digits", help=f"one of: {', '.join(dataset_names())}")
     p.add_argument("--data", default="datasets", help="dataset location (unused for digits)")
+    p.add_argument("--download", action="store_true", help="fetch cifar10/cifar100 into --data when its files are "
+                                                             "missing (the official archive, md5-checked)")
     p.add_argument("--arch", default="res20s", help=f"one of: {', '.join(model_names())}")
     p.add_argument("--out", default="runs/reproduce", help="run folders, results.json and figures")
     add_trust_flag(p)
@@ -365,7 +367,7 @@ def main(args):
     tic = time.perf_counter()
     per_method = {m: {} for m in args.methods}
     device = select_device(args.gpu)
-    spec = load_dataset(args.dataset, args.data).spec
+    spec = load_dataset(args.dataset, args.data, download=args.download).spec
     dense = build_model(args.arch, spec.num_classes, spec.in_channels, spec.mean, spec.std,
                         spec.imagenet_stem).eval().to(device)
     for seed in args.seeds:

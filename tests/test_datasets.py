@@ -74,7 +74,11 @@ def test_cifar10_layout_and_45k_5k_style_split(tmp_path):
     x, y = data.train[0]
     assert x.shape == (3, 32, 32) and 0 <= y < 10
     # validation is the tail of the training set, without augmentation
-    assert list(data.val.indices) == list(range(90, 100))
+    with open(tmp_path / "cifar-10-batches-py" / "data_batch_5", "rb") as f:
+        last = pickle.load(f)
+    tail = torch.tensor(last["data"][-10:]).reshape(10, 3, 32, 32).float() / 255
+    assert torch.equal(torch.stack([data.val[i][0] for i in range(10)]), tail)
+    assert [data.val[i][1] for i in range(10)] == last["labels"][-10:]
     also = load_dataset("cifar10", str(tmp_path / "cifar-10-batches-py"))
     assert len(also.test) == 20
 

@@ -13,6 +13,14 @@ import sys
 class InvalidInput(ValueError):
     """Input the caller can fix; the message is the whole explanation."""
 
+    def __init__(self, message=""):
+        # Raised in a DataLoader worker, it is re-made in the main process from "Caught <type> in DataLoader
+        # worker ... Original Traceback ...", ending "<module>.<type>: <message>": keep that message, one line.
+        text = str(message)
+        if "Original Traceback" in text:
+            text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        super().__init__(text)
+
 
 class TrainingDiverged(InvalidInput):
     """The loss became NaN or infinite."""
