@@ -8,8 +8,6 @@ retrains. With --save_model the retrained ticket can be exported physically
 slimmed: --export_slim (torch.export) and --export_onnx. The work is
 app.retrain.retrain with a RefillConfig; this script parses its flags.
 """
-import os
-
 from app.config import RefillConfig, RetrainConfig
 from app.flags import parser_for
 from app.exports import export_refilled
@@ -24,10 +22,7 @@ def get_args_parser():
 
 def main(args):
     cfg = RetrainConfig.from_args(args)
-    result = retrain(cfg, RefillConfig.from_args(args))
-    if (cfg.export_slim or cfg.export_onnx) and int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
-        export_refilled(cfg)
-    return result
+    return retrain(cfg, RefillConfig.from_args(args), export_refilled if cfg.export_slim or cfg.export_onnx else None)
 
 
 if __name__ == "__main__":

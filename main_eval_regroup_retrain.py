@@ -8,8 +8,6 @@ before/after, share of the original nonzeros kept, and the FLOPs report.
 With --save_model, --export_onnx writes the retrained ticket as ONNX. The
 work is app.retrain.retrain with a RegroupConfig; this script parses its flags.
 """
-import os
-
 from app.config import RegroupConfig, RetrainConfig
 from app.flags import parser_for
 from app.exports import export_regrouped
@@ -25,10 +23,7 @@ def get_args_parser():
 def main(args):
     cfg = RetrainConfig.from_args(args)
     regroup = RegroupConfig.from_args(args)
-    result = retrain(cfg, regroup)
-    if cfg.export_onnx and int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
-        export_regrouped(cfg, regroup)
-    return result
+    return retrain(cfg, regroup, (lambda c: export_regrouped(c, regroup)) if cfg.export_onnx else None)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ per state, summary.json and a plot in the save folder; resumable.
 import os
 from dataclasses import dataclass
 
-from app.lifecycle import open_run, resume_checkpoint
+from app.lifecycle import open_run, owned_save_dir, resume_checkpoint
 from app.report import environment, state_record, states_table
 from app.training import train_state
 from pruner.magnitude import global_magnitude_prune
@@ -64,7 +64,12 @@ def next_mask(model, data, cfg):
 
 
 def run_imp(cfg):
-    """Run (or resume) IMP as `cfg` says; returns an ImpResult."""
+    """Run (or resume) IMP as `cfg` says, holding --save_dir; returns an ImpResult."""
+    with owned_save_dir(cfg.train):
+        return _run_imp(cfg)
+
+
+def _run_imp(cfg):
     train = cfg.train
     resume = resume_checkpoint(train, latest_checkpoint(train.save_dir), os.path.basename(checkpoint_path("", "{i}")))
     run = open_run(train)

@@ -1,9 +1,11 @@
-"""The life of one run, shared by IMP and retraining: refuse a --save_dir
-that already holds a run unless --resume, find the checkpoint to resume,
+"""The life of one run, shared by IMP and retraining: hold --save_dir for
+this run alone (an OS lock), refuse a --save_dir that already holds a run
+unless --resume, find the checkpoint to resume,
 build device, data and model, prepare the save folder, compute masks once
 (rank 0) and give every rank the same, write the summary and plots, and
 close the process group.
 """
+import contextlib
 import os
 import shutil
 import sys
@@ -17,7 +19,28 @@ from app.distributed import DistContext, launch_context, mask_digest
 from app.report import plot_states, write_summary
 from utils.checkpoint import TEMPORARY_PREFIX, TEMPORARY_SUFFIX, load_file
 from utils.errors import InvalidInput
+from utils.run_lock import run_folder_lock
 from utils.runtime import seed_everything, select_device
+
+_HELD = set()  # real paths of the run folders this process holds
+
+
+@contextlib.contextmanager
+def owned_save_dir(train):
+    """--save_dir belongs to this run until the block ends (rank 0 holds it
+    under torchrun; a block inside another of the same folder adds nothing):
+    another live run there is refused in one line, before anything is written."""
+    key = os.path.realpath(train.save_dir)
+    if int(os.environ.get("RANK", "0")) != 0 or key in _HELD:
+        yield
+        return
+    with run_folder_lock(train.save_dir):
+        _HELD.add(key)
+        try:
+            yield
+        finally:
+            _HELD.discard(key)
+
 
 RESUME_KEYS = ("state", "epoch", "state_dict", "optimizer", "scheduler", "result", "best_sa", "init_weight")
 

@@ -31,6 +31,12 @@ def write_json(path, obj):
     return path
 
 
+def save_figure(fig, path, dpi=110):
+    """fig as a PNG at `path`, written atomically like every other file of a run."""
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=dpi))
+    return path
+
+
 def write_summary(save_dir, summary):
     return write_json(summary_path(save_dir), summary)
 
@@ -59,8 +65,10 @@ def plot_states(save_dir, states, title):
     ax.legend(fontsize=7)
     fig.tight_layout()
     per_epoch, vs_sparsity = plot_paths(save_dir)
-    fig.savefig(per_epoch, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, per_epoch)
+    finally:
+        plt.close(fig)
 
     done = [r for r in states if r["test_acc_at_best_val"] is not None]
     fig, ax = plt.subplots(figsize=(7, 4.5))
@@ -72,8 +80,10 @@ def plot_states(save_dir, states, title):
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(vs_sparsity, dpi=110)
-    plt.close(fig)
+    try:
+        save_figure(fig, vs_sparsity)
+    finally:
+        plt.close(fig)
 
 
 def states_table(states):

@@ -7,16 +7,17 @@ resets the weights, retrains with the shared loop and reports accuracy,
 FLOPs and the per-layer restructuring in summary.json. `evaluate(cfg)`
 only evaluates --checkpoint.
 """
+import contextlib
 import os
 from dataclasses import dataclass
 
-from app.lifecycle import open_run, resume_checkpoint
+from app.lifecycle import open_run, owned_save_dir, resume_checkpoint
 from app.report import environment, state_record
 from app.training import eval_loader, evaluate as accuracy, train_state
 from pruner.mask import Mask
 from pruner.masking import apply_mask, check_compatible, load_plain_weights, load_weights
 from utils.checkpoint import best_path, checkpoint_path, load_file, plain_weights, state_dict_of
-from utils.errors import InvalidInput
+from utils.errors import InvalidInput, StorageFull
 from utils.flops import flops_report, masked_flops
 
 
@@ -68,10 +69,38 @@ def load_ticket(run, cfg):
     return Mask.from_model(run.model), plain_weights(ticket)
 
 
-def retrain(cfg, restructure):
-    """Restructure the ticket in `cfg.mask_dir` and retrain it; returns a RetrainResult."""
+def retrain(cfg, restructure, export=None):
+    """Restructure the ticket in `cfg.mask_dir` and retrain it, then `export(cfg)`
+    (rank 0 alone), holding --save_dir throughout; returns a RetrainResult.
+    With --evaluate, evaluates (and exports) --checkpoint instead."""
     if cfg.evaluate:
-        return evaluate(cfg)
+        result = evaluate(cfg)
+        _export(cfg, export)
+        return result
+    with owned_save_dir(cfg.train), _how_to_continue(cfg):
+        result = _retrain(cfg, restructure)
+        _export(cfg, export)
+    return result
+
+
+def _export(cfg, export):
+    if export is not None and int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
+        export(cfg)
+
+
+@contextlib.contextmanager
+def _how_to_continue(cfg):
+    """A run without --save_model cannot resume after a full disk: say what to do instead."""
+    try:
+        yield
+    except StorageFull as err:
+        if not cfg.save_model:
+            err.hint = ("run it again after removing --save_dir (without --save_model its checkpoints hold no "
+                        "weights to resume from)")
+        raise
+
+
+def _retrain(cfg, restructure):
     train = cfg.train
     checkpoint_file = checkpoint_path(train.save_dir)
     resume = resume_checkpoint(train, checkpoint_file if os.path.exists(checkpoint_file) else None,

@@ -189,8 +189,10 @@ def train_state(model, data, train, device, *, state, checkpoint_file, best_file
             if save_weights:
                 checkpoint.update(state_dict=model.state_dict(), optimizer=optimizer.state_dict(),
                                   scheduler=scheduler.state_dict(), **extra)
-            save_atomic(checkpoint, checkpoint_file)
+            # The best file first: a run stopped between the two writes (killed, disk full) resumes from the
+            # previous epoch's checkpoint and writes both again, so the best file never lags the latest.
             if is_best:
                 save_atomic(checkpoint, best_file)
+            save_atomic(checkpoint, checkpoint_file)
     return result
 

@@ -37,13 +37,15 @@ from pruner.mask import Mask  # noqa: E402
 from pruner.masking import load_weights, strip_masks  # noqa: E402
 from pruner.regroup import LayerRegroup, parts_for  # noqa: E402
 from pruner.slim import slim  # noqa: E402
-from utils.checkpoint import best_path, checkpoint_path, latest_checkpoint, load_file, log_path, state_dict_of  # noqa: E402
+from utils.checkpoint import (best_path, checkpoint_path, latest_checkpoint, load_file, log_path, state_dict_of,  # noqa: E402
+                              storage_errors_named)
 from app.datasets import dataset_names, load_dataset  # noqa: E402
-from utils.errors import InvalidInput, run_cli  # noqa: E402
+from utils.errors import InvalidInput, StorageFull, run_cli  # noqa: E402
+from utils.run_lock import run_folder_lock  # noqa: E402
 from utils.flops import masked_flops, model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
 from utils.timing import alternating_medians  # noqa: E402
-from app.report import read_summary, write_json  # noqa: E402
+from app.report import read_summary, save_figure, write_json  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
 METHODS = ("imp", "imp_refill", "imp_refill_plus", "imp_regroup", "refill", "refill_plus", "regroup")
@@ -137,9 +139,7 @@ def claim_out_dir(args):
         if changed:
             raise InvalidInput(f"--out '{args.out}' holds runs made with other settings ({', '.join(changed)}); "
                             "choose another --out or repeat the earlier settings to resume")
-    os.makedirs(args.out, exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(config, f, indent=1)
+    write_json(path, config)
 
 
 # ---- running the API ------------------------------------------------------------------------------------------
@@ -155,7 +155,8 @@ def run_logged(run, save_dir, finished, what):
     cut_off = bool(latest_checkpoint(save_dir) or os.path.exists(checkpoint_path(save_dir)))
     os.makedirs(save_dir, exist_ok=True)
     tic = time.perf_counter()
-    with open(log_path(save_dir), "a") as log, contextlib.redirect_stdout(log):
+    with storage_errors_named(log_path(save_dir)), open(log_path(save_dir), "a") as log, \
+            contextlib.redirect_stdout(log):
         run(cut_off)
     print(f"  {what}: {'resumed and ' if cut_off else ''}done in {time.perf_counter() - tic:.1f} s", flush=True)
     return read_summary(save_dir)
@@ -340,8 +341,10 @@ def draw(results, out):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(os.path.join(out, name), dpi=120)
-        plt.close(fig)
+        try:
+            save_figure(fig, os.path.join(out, name), dpi=120)
+        finally:
+            plt.close(fig)
 
 
 def table(results):
@@ -363,6 +366,15 @@ def table(results):
 
 def main(args):
     check_args(args)
+    with run_folder_lock(args.out, "--out"):
+        try:
+            return run_all(args)
+        except StorageFull as err:
+            err.hint = "run the same command again: finished runs are kept and the one cut off resumes"
+            raise
+
+
+def run_all(args):
     claim_out_dir(args)
     tic = time.perf_counter()
     per_method = {m: {} for m in args.methods}

@@ -6,11 +6,13 @@ tools ignore). Pruned layers appear in `state_dict` as `<layer>.weight_orig`
 and `<layer>.weight_mask` (torch.nn.utils.prune's names); `init_weight` is
 the rewind point as a plain state dict.
 
-`atomic_write` (behind `save_atomic` for checkpoints and
-app.report.write_json for JSON) writes a temporary file in the same
-directory, fsyncs it and renames it over the target, so a run killed at any
-moment leaves every file complete or absent. Every file name of a run
-directory is spelled here (`checkpoint_path`, `best_path`, `summary_path`).
+`atomic_write` (behind `save_atomic` for checkpoints, app.report's
+write_json and save_figure for JSON and plots) writes a temporary file in
+the same directory, fsyncs it and renames it over the target, so a run
+killed at any moment leaves every file complete or absent; a full disk or a
+failing device raises StorageFull naming the file, and leaves no temporary
+file behind. Every file name of a run directory is spelled here
+(`checkpoint_path`, `best_path`, `summary_path`, `lock_path`, ...).
 
 `load_file` never runs code from a file unless told to: it loads with
 `weights_only=True`, allowing by name only the plain types checkpoints hold
@@ -20,6 +22,7 @@ with full unpickling, after a one-line warning.
 """
 import argparse
 import contextlib
+import errno
 import os
 import pickle
 import re
@@ -28,27 +31,67 @@ import tempfile
 
 import torch
 
-from utils.errors import InvalidInput
+from utils.errors import InvalidInput, StorageFull
 
 
 TEMPORARY_PREFIX, TEMPORARY_SUFFIX = ".tmp-", ".part"  # what a killed write can leave behind
 
 
+# Why a write fails when the storage, not the program, is at fault: no space, quota, I/O error, read-only.
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EFBIG}
+
+
+def storage_error(exc):
+    """The OSError of a failing device or full disk behind `exc`, or None.
+    torch.save's zip writer turns the OSError of a short write into a
+    RuntimeError ("unexpected pos ..."), with the OSError as its context."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+@contextlib.contextmanager
+def storage_errors_named(path):
+    """Turn a full disk or failing device inside the block into StorageFull naming `path`."""
+    try:
+        yield
+    except StorageFull:
+        raise
+    except Exception as err:
+        cause = storage_error(err)
+        if cause is None:
+            raise
+        raise StorageFull(f"cannot write '{path}': {os.strerror(cause.errno)}") from err
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write, binary=True):
     """Call write(f) on a temporary file beside `path`, fsync it, then rename
-    it over `path`: readers see the old file or the complete new one."""
+    it over `path`: readers see the old file or the complete new one. A full
+    disk raises StorageFull and leaves no temporary file."""
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX, dir=directory)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with storage_errors_named(path):
+        fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=TEMPORARY_SUFFIX, dir=directory)
+        try:
+            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp's 0600 would hide results from the rest of a group
+            with os.fdopen(fd, "wb" if binary else "w") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
 
 def save_atomic(obj, path):
@@ -74,10 +117,13 @@ def staged_file(path, suffix):
         fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=suffix, dir=directory)
         os.close(fd)
     except OSError as err:
+        if storage_error(err):
+            raise StorageFull(f"cannot write '{path}': {err.strerror}") from None
         raise InvalidInput(f"cannot write '{path}': {err.strerror}") from None
     try:
-        yield tmp
-        os.replace(tmp, path)
+        with storage_errors_named(path):
+            yield tmp
+            os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -176,6 +222,11 @@ def summary_path(save_dir):
 def plot_paths(save_dir):
     """(test accuracy per epoch of every state, accuracy against sparsity): a run's two figures."""
     return os.path.join(save_dir, "accuracy_per_epoch.png"), os.path.join(save_dir, "accuracy_vs_sparsity.png")
+
+
+def lock_path(save_dir):
+    """The lock a live run holds on its folder (utils.run_lock)."""
+    return os.path.join(save_dir, ".run.lock")
 
 
 def log_path(save_dir):
