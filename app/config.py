@@ -22,8 +22,8 @@ from app.datasets import dataset_names, make_loader
 from app.flags import FlagConfig, flag
 from models import model_names
 from pruner.partition import PARTITIONERS
-from pruner.refill import (check_refill_args, criterion_names, format_refill_report, needs_batch, refill,
-                           refill_layers_report)
+from pruner.refill import (check_refill_args, criterion_names, format_refill_report, needs_batch, refill_layers,
+                           refill_layers_report, refilled_mask)
 from pruner.regroup import UNITS, check_regroup_args, layer_summary, parse_parts, regroup_layer, regroup_mask, report
 from utils.checkpoint import TRUST_HELP
 from utils.errors import InvalidInput
@@ -117,9 +117,18 @@ class RefillConfig(FlagConfig):
     fillback_rate: float = flag(0.0, "0 = refill; > 0 = refill+ (share of the remaining channels added back)",
                                 "refill", type=float)
     round_to: int = round_to_flag("refill")
+    refill_count: str = flag("paper", "channels a layer keeps: paper = k whole channels (a ticket with no more "
+                                      "weights than the unstructured one); original = the original code's rule "
+                                      "(channels above the k-th best score, plus one tied channel drawn with --seed: "
+                                      "k + 1 when scores differ; docs/fidelity.md)", "refill", metavar="paper|original")
+    seed: int = 1  # draws the original rule's tied channel: the run's --seed
 
     def __post_init__(self):
-        check_refill_args(self.criterion, self.fillback_rate, self.round_to)
+        check_refill_args(self.criterion, self.fillback_rate, self.round_to, self.refill_count)
+
+    @classmethod
+    def from_args(cls, args, **given):
+        return super().from_args(args, **{"seed": getattr(args, "seed", cls.seed), **given})
 
     @property
     def name(self):
@@ -128,11 +137,12 @@ class RefillConfig(FlagConfig):
     def apply(self, model, mask, data, train):
         """(channel-wise mask, per-layer report) of `model` holding the ticket."""
         batch = training_batch(data, train) if needs_batch(self.criterion) else None
-        new_mask = refill(model, mask, self.criterion, self.fillback_rate, batch, self.round_to)
-        layers = refill_layers_report(mask, new_mask, self.fillback_rate, self.round_to)
-        print(f"{self.name} ({self.criterion}, rate {self.fillback_rate}, round_to {self.round_to}):\n"
-              f"{format_refill_report(layers)}")
-        return new_mask, layers
+        kept = refill_layers(model, mask, self.criterion, self.fillback_rate, batch, self.round_to,
+                             self.refill_count, self.seed)
+        layers = refill_layers_report(mask, kept)
+        print(f"{self.name} ({self.criterion}, rate {self.fillback_rate}, round_to {self.round_to}, "
+              f"count {self.refill_count}):\n{format_refill_report(layers)}")
+        return refilled_mask(mask, kept), layers
 
 
 @dataclass(frozen=True)
@@ -225,6 +235,8 @@ class ImpConfig(FlagConfig):
     def from_args(cls, args, **given):
         if args.round_to != 1 and not (args.fillback or args.regroup):
             raise InvalidInput(f"--round_to {args.round_to} rounds what --fillback or --regroup keeps: add one of them")
+        if args.refill_count != "paper" and not args.fillback:
+            raise InvalidInput(f"--refill_count {args.refill_count} counts what --fillback keeps: add --fillback")
         return super().from_args(args, train=TrainConfig.from_args(args),
                                  refilling=RefillConfig.from_args(args) if args.fillback else None,
                                  regrouping=RegroupConfig.from_args(args) if args.regroup else None, **given)

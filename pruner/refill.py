@@ -12,7 +12,9 @@ rounded up to a multiple of N (at most c_out): vendor kernels compute
 channels in blocks (oneDNN 16, tensor cores 8), so 38 channels cost about
 what 48 do. The extra channels are the next ones in the criterion's order,
 so every kept channel still scores at least as high as every removed one.
-Ties break towards the lower channel index. Criteria (registry `CRITERIA`):
+Ties break towards the lower channel index. `count="original"` keeps what
+the original code keeps instead (k + 1 channels when scores are distinct;
+see original_rule and docs/fidelity.md). Criteria (registry `CRITERIA`):
 
 - remain:    unpruned weights in the channel;
 - magnitude: l1 norm of the channel's remaining trained weights (the paper's best);
@@ -20,6 +22,7 @@ Ties break towards the lower channel index. Criteria (registry `CRITERIA`):
 - saliency:  sum |activation x gradient| of the channel's output on a batch.
 """
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +122,12 @@ def criterion_names():
     return sorted(CRITERIA)
 
 
-def check_refill_args(criterion, rate, round_to=1):
+REFILL_COUNTS = ("paper", "original")
+
+
+def check_refill_args(criterion, rate, round_to=1, count="paper"):
+    if count not in REFILL_COUNTS:
+        raise InvalidInput(f"--refill_count must be one of {', '.join(REFILL_COUNTS)}, got '{count}'")
     if criterion not in CRITERIA:
         raise InvalidInput(f"unknown refill criterion '{criterion}'; valid: {', '.join(criterion_names())}")
     if not 0.0 <= rate <= 1.0:
@@ -137,33 +145,104 @@ def channel_scores(model, mask, criterion, batch=None):
     return CRITERIA[criterion](model, mask, batch)
 
 
-def refill(model, mask, criterion="magnitude", rate=0.0, batch=None, round_to=1):
-    """The channel-wise mask: per layer the k best channels of `mask`, whole
-    (k rounded up to a multiple of `round_to`)."""
-    check_refill_args(criterion, rate, round_to)
+@dataclass
+class LayerRefill:
+    """What refill keeps of one layer."""
+    whole: torch.Tensor  # output channels kept whole
+    left: torch.Tensor  # channels left with their unstructured rows (the original rule's other tied channels)
+    unrounded: int  # whole channels before --round_to
+
+
+def original_count(layer_mask, rate):
+    """The original code's channel count: floor(d + (c_out - d) * rate), not
+    at least 1 (its threshold rule then keeps one channel more)."""
+    c_out = layer_mask.shape[0]
+    d = float(layer_mask.count_nonzero()) / (layer_mask.numel() / c_out)
+    return min(c_out, math.floor(d + (c_out - d) * rate))
+
+
+def original_rule(scores, k, generator=None):
+    """(channels kept whole, tied channels left as they were) under the
+    original code's rule: with t the (c_out - k)-th smallest score, every
+    channel scoring above t is kept whole, one channel drawn at random among
+    those scoring exactly t is kept whole too, and the other channels at t
+    keep their unstructured rows. k + 1 whole channels when scores are
+    distinct; k >= c_out keeps every channel."""
+    c_out = len(scores)
+    if k >= c_out:
+        return torch.arange(c_out), torch.arange(0)
+    threshold = torch.kthvalue(scores, c_out - k).values
+    above = torch.nonzero(scores > threshold).flatten()
+    tied = torch.nonzero(scores == threshold).flatten()
+    pick = int(torch.randint(len(tied), (1,), generator=generator))
+    return torch.cat([above, tied[pick:pick + 1]]), torch.cat([tied[:pick], tied[pick + 1:]])
+
+
+def select_channels(scores, layer_mask, rate, round_to=1, count="paper", generator=None):
+    """The LayerRefill of one layer from its channel scores. `paper`: the k
+    best channels; `original`: the original code's rule (original_rule).
+    `round_to` then adds the next best channels up to a multiple of N."""
+    c_out = len(scores)
+    order = torch.sort(scores, descending=True, stable=True).indices  # ties towards the lower index
+    if count == "paper":
+        whole, left = order[:kept_channels(layer_mask, rate)], torch.arange(0)
+    else:
+        whole, left = original_rule(scores, original_count(layer_mask, rate), generator)
+    unrounded = len(whole)
+    missing = min(c_out, round_up(unrounded, round_to)) - unrounded
+    if missing:
+        taken = torch.zeros(c_out, dtype=torch.bool)
+        taken[whole] = True
+        extra = order[~taken[order]][:missing]
+        whole = torch.cat([whole, extra])
+        left = left[~torch.isin(left, extra)]
+    return LayerRefill(whole, left, unrounded)
+
+
+def refill_layers(model, mask, criterion="magnitude", rate=0.0, batch=None, round_to=1, count="paper", seed=0):
+    """{layer: LayerRefill} of `mask` (the model carries the trained weights);
+    the original rule's random picks come from a generator seeded with `seed`,
+    drawn layer by layer in mask order."""
+    check_refill_args(criterion, rate, round_to, count)
     scores = channel_scores(model, mask, criterion, batch)
+    generator = torch.Generator().manual_seed(seed)
+    return {name: select_channels(scores[name], m, rate, round_to, count, generator) for name, m in mask.items()}
+
+
+def refilled_mask(mask, layers):
+    """The Mask that keeps each layer's whole channels and leaves its `left` rows as they were."""
     new_mask = Mask()
     for name, m in mask.items():
-        k = kept_channels(m, rate, round_to)
-        order = torch.sort(scores[name], descending=True, stable=True).indices
-        rows = torch.zeros(m.shape[0])
-        rows[order[:k]] = 1.0
-        new_mask[name] = rows.view(-1, *([1] * (m.dim() - 1))).expand_as(m).clone()
+        rows = torch.zeros(m.shape[0], *([1] * (m.dim() - 1)))
+        rows[layers[name].whole] = 1.0
+        new = rows.expand_as(m).clone()
+        new[layers[name].left] = m[layers[name].left].to(new.dtype)
+        new_mask[name] = new
     return new_mask
 
 
-def refill_layers_report(mask, new_mask, rate, round_to=1):
-    """Per layer: channels, k before and after rounding, the weights rounding
-    added, density before and after."""
-    layers = {}
+def refill(model, mask, criterion="magnitude", rate=0.0, batch=None, round_to=1, count="paper", seed=0):
+    """The channel-wise mask: per layer the k best channels of `mask`, whole
+    (k rounded up to a multiple of `round_to`); `count="original"` applies
+    the original code's rule instead (select_channels)."""
+    return refilled_mask(mask, refill_layers(model, mask, criterion, rate, batch, round_to, count, seed))
+
+
+def refill_layers_report(mask, layers):
+    """Per layer: channels, whole channels kept before and after rounding,
+    the weights rounding added, tied channels left unstructured (the original
+    rule), density before and after."""
+    new_mask = refilled_mask(mask, layers)
+    report = {}
     for name, m in mask.items():
         per_channel = m[0].numel()  # weights in one whole output channel
-        k_paper, k = kept_channels(m, rate), kept_channels(m, rate, round_to)
-        layers[name] = {"channels": m.shape[0], "kept_channels_unrounded": k_paper, "kept_channels": k,
-                        "weights_added_by_rounding": (k - k_paper) * per_channel,
+        layer = layers[name]
+        report[name] = {"channels": m.shape[0], "kept_channels_unrounded": layer.unrounded,
+                        "kept_channels": len(layer.whole), "tied_channels_left": len(layer.left),
+                        "weights_added_by_rounding": (len(layer.whole) - layer.unrounded) * per_channel,
                         "density_before": float(m.count_nonzero()) / m.numel(),
                         "density_after": float(new_mask[name].count_nonzero()) / m.numel()}
-    return layers
+    return report
 
 
 def format_refill_report(layers):
@@ -173,6 +252,8 @@ def format_refill_report(layers):
         rounded = info["kept_channels"] != info["kept_channels_unrounded"]
         kept = f"{info['kept_channels']:>4}/{info['channels']:<4}"
         extra = f" (k {info['kept_channels_unrounded']} rounded up, +{info['weights_added_by_rounding']} weights)" if rounded else ""
+        if info.get("tied_channels_left"):
+            extra += f" + {info['tied_channels_left']} tied channel(s) left unstructured"
         lines.append(f"  {name:<24} {kept} channels | density {100 * info['density_before']:6.2f}% -> "
                      f"{100 * info['density_after']:6.2f}%{extra}")
     added = sum(info["weights_added_by_rounding"] for info in layers.values())

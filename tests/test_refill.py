@@ -14,8 +14,8 @@ from models import build_model, model_names
 from pruner.magnitude import global_magnitude_prune
 from pruner.mask import Mask
 from pruner.masking import apply_mask
-from pruner.refill import (CRITERIA, channel_scores, is_channel_wise, kept_channels, needs_batch, refill,
-                           refill_layers_report)
+from pruner.refill import (CRITERIA, channel_scores, is_channel_wise, kept_channels, needs_batch, original_count,
+                           original_rule, refill, refill_layers, refill_layers_report, refilled_mask, select_channels)
 from pruner.slim import slim
 from utils.checkpoint import load_file
 from app.datasets import load_dataset
@@ -56,7 +56,7 @@ def test_refill_is_channel_wise_with_exactly_k_best_channels(ticket, criterion, 
     new_mask = refill(model, mask, criterion, rate, batch, round_to)
     plain = refill(model, mask, criterion, rate, batch)
     scores = channel_scores(model, mask, criterion, batch)
-    report = refill_layers_report(mask, new_mask, rate, round_to)
+    report = refill_layers_report(mask, refill_layers(model, mask, criterion, rate, batch, round_to))
     for name, m in mask.items():
         new = new_mask[name]
         assert is_channel_wise(new), name
@@ -69,6 +69,7 @@ def test_refill_is_channel_wise_with_exactly_k_best_channels(ticket, criterion, 
             assert scores[name][rows].min() >= scores[name][~rows].max(), name
         info = report[name]
         assert info["kept_channels"] == k and info["kept_channels_unrounded"] == kept_channels(m, rate)
+        assert info["tied_channels_left"] == 0
         assert info["weights_added_by_rounding"] == int((new - plain[name]).sum())
 
 
@@ -270,3 +271,93 @@ def test_bad_input(tmp_path, cli_error):
 def test_criteria_that_score_on_images_say_so():
     """The lifecycle draws a training batch exactly for these (app.config.RefillConfig.apply)."""
     assert {name for name in CRITERIA if needs_batch(name)} == {"l1", "l2", "saliency"}
+
+
+# ---- --refill_count original: the original code's rule ---------------------------------------------------------
+
+def _original(scores, k, seed=0):
+    whole, left = original_rule(torch.tensor(scores, dtype=torch.float32), k, torch.Generator().manual_seed(seed))
+    return sorted(whole.tolist()), sorted(left.tolist())
+
+
+def test_original_rule_keeps_k_plus_one_with_distinct_scores_and_the_paper_rule_k():
+    scores = [0.5, 0.1, 0.9, 0.3, 0.7]
+    # k = 2: t = the 3rd smallest score (0.5); above it 0.9 and 0.7, and the one channel at t
+    assert _original(scores, 2) == ([0, 2, 4], [])
+    assert _original(scores, 0) == ([2], [])  # t = the largest: just the channel at t
+    assert _original(scores, 5) == ([0, 1, 2, 3, 4], [])  # k = c_out: every channel
+    m = torch.zeros(5, 10)
+    m.view(-1)[:25] = 1  # 2.5 channels' worth of weights: k = 2 either way
+    assert original_count(m, 0.0) == kept_channels(m, 0.0) == 2
+    paper = select_channels(torch.tensor(scores), m, 0.0)
+    original = select_channels(torch.tensor(scores), m, 0.0, count="original", generator=torch.Generator())
+    assert sorted(paper.whole.tolist()) == [2, 4] and paper.unrounded == 2
+    assert sorted(original.whole.tolist()) == [0, 2, 4] and original.unrounded == 3
+    assert original_count(torch.zeros(4, 10), 0.0) == 0 and kept_channels(torch.zeros(4, 10), 0.0) == 1
+
+
+def test_original_rule_with_ties_by_hand():
+    # k = 2 of 6: t = the 4th smallest of [0, 1, 2, 2, 2, 3] = 2; above it channel 4 (score 3); at t channels
+    # 1, 2, 3, of which one is kept whole and two keep their unstructured rows
+    whole, left = _original([1, 2, 2, 2, 3, 0], 2)
+    assert len(whole) == 2 and 4 in whole and sorted(whole + left) == [1, 2, 3, 4]
+    whole, left = _original([1, 1, 1, 1], 1)  # all tied: one whole, three left
+    assert len(whole) == 1 and sorted(whole + left) == [0, 1, 2, 3]
+    whole, left = _original([5, 5, 1, 1], 1)  # t = 5: nothing above, one of the two 5s
+    assert len(whole) == 1 and whole[0] in (0, 1) and left == [1 - whole[0]]
+
+
+def test_the_tie_pick_follows_the_seed():
+    scores = [1.0] * 8
+    assert all(_original(scores, 3, seed) == _original(scores, 3, seed) for seed in range(5))
+    assert len({tuple(_original(scores, 3, seed)[0]) for seed in range(20)}) > 1
+    m = torch.ones(8, 9)
+    masks = [refilled_mask(Mask({"a": m}), {"a": select_channels(torch.tensor(scores), m, 0.0, count="original",
+                                                                   generator=torch.Generator().manual_seed(7))})
+             for _ in range(2)]
+    assert torch.equal(masks[0]["a"], masks[1]["a"])
+
+
+def test_round_to_on_top_of_the_original_count():
+    torch.manual_seed(0)
+    m = (torch.rand(64, 72) < 0.3).float()  # ~19 channels' worth
+    scores = torch.randn(64)
+    plain = select_channels(scores, m, 0.0, count="original", generator=torch.Generator())
+    rounded = select_channels(scores, m, 0.0, round_to=16, count="original", generator=torch.Generator())
+    assert plain.unrounded == rounded.unrounded == len(plain.whole) == original_count(m, 0.0) + 1
+    assert len(rounded.whole) == -(-len(plain.whole) // 16) * 16
+    assert set(plain.whole.tolist()) <= set(rounded.whole.tolist())
+    order = torch.sort(scores, descending=True).indices.tolist()
+    assert set(rounded.whole.tolist()) == set(order[:len(rounded.whole)])  # then the next best
+
+
+def test_tied_channels_left_keep_their_rows_in_the_mask():
+    m = torch.zeros(4, 6)
+    m[:, :2] = 1  # every channel holds 2 weights: 'remain' ties everywhere
+    layers = {"a": select_channels(m.sum(1), m, 0.0, count="original", generator=torch.Generator().manual_seed(1))}
+    new = refilled_mask(Mask({"a": m}), layers)["a"]
+    whole = layers["a"].whole.tolist()
+    assert len(whole) == 1 and new[whole[0]].sum() == 6
+    assert all(torch.equal(new[r], m[r]) for r in layers["a"].left.tolist())
+    info = refill_layers_report(Mask({"a": m}), layers)["a"]
+    assert (info["kept_channels"], info["tied_channels_left"]) == (1, 3)
+
+
+def test_refill_count_flag(digits_imp_run, tmp_path, cli_error):
+    ticket = str(digits_imp_run / "1checkpoint.pth.tar")
+    base = ["--pretrained", ticket, "--mask_dir", ticket, "--epochs", "1"]
+    assert cli_error(main_eval_fillback, base + ["--refill_count", "k+1", "--save_dir", str(tmp_path / "x")]) \
+        .endswith("error: --refill_count must be one of paper, original, got 'k+1'")
+    import main_imp
+    assert cli_error(main_imp, ["--refill_count", "original", "--save_dir", str(tmp_path / "y")]) \
+        .endswith("error: --refill_count original counts what --fillback keeps: add --fillback")
+    proc = run_script("main_eval_fillback.py", *base, "--refill_count", "original", "--save_dir", tmp_path / "r")
+    assert proc.returncode == 0, proc.stderr
+    assert "refill (magnitude, rate 0.0, round_to 1, count original):" in proc.stdout
+    with open(tmp_path / "r" / "summary.json") as f:
+        summary = json.load(f)
+    assert summary["args"]["refill_count"] == "original"
+    masks = {k[: -len(".weight_mask")]: v for k, v in load_file(ticket)["state_dict"].items() if k.endswith("_mask")}
+    for name, info in summary["layers"].items():
+        k = original_count(masks[name], 0.0)
+        assert info["kept_channels"] == (k + 1 if k < info["channels"] else info["channels"]), name
