@@ -10,7 +10,6 @@ End to end: the dense model, the regrouped ticket (layers where the kernel is
 slower keep cuDNN) and the slimmed refill ticket, in the same precision and
 layout, each checked against the masked model it implements.
 """
-import copy
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +24,7 @@ from pruner.regroup import regroup_layer
 from pruner.slim import slim
 from utils.errors import InvalidInput
 from bench.gpu import apply_precision, relative_error, rotating_inputs
+from bench.network import copied, trained_looking  # noqa: F401 (callers name them from here too)
 from utils.timing import eager_timings, graph_timings
 
 TOLERANCE = {"fp32": 1e-5, "tf32": 3e-3, "fp16": 3e-3, "bf16": 1.5e-2}  # relative error of one layer vs float64
@@ -74,12 +74,6 @@ def compare_layer(weight, blocks, unit, stride, padding, dilation, input_shape, 
         row.setdefault(name, {}).update(ms=1e3 * t["median"], p10=1e3 * t["p10"], p90=1e3 * t["p90"], runs=t["runs"],
                                         vs_cudnn=t["median"] / times["cudnn"]["median"])
     return row
-
-
-def copied(model):
-    """A deep copy (prune's cached weights refreshed without autograd first)."""
-    refresh_masked_weights(model)
-    return copy.deepcopy(model)
 
 
 def build_tickets(masked, mask, regroup):
@@ -173,19 +167,6 @@ def conv_input_shapes(model, input_shape):
         for h in hooks:
             h.remove()
     return shapes
-
-
-def trained_looking(model, seed=0):
-    """`model` in eval mode with BatchNorm statistics and shifts moved off their
-    initial values (seeded), as in a trained network: removed channels then
-    leave non-zero constants behind, which slimmed and exported models must
-    reproduce."""
-    g = torch.Generator().manual_seed(seed)
-    for bn in (m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)):
-        bn.running_mean.copy_(torch.rand(bn.num_features, generator=g) * 2 - 1)
-        bn.running_var.copy_(torch.rand(bn.num_features, generator=g) * 1.5 + 0.5)
-        bn.bias.data.copy_(torch.rand(bn.num_features, generator=g) * 2 - 1)
-    return model.eval()
 
 
 def resnet18_ticket(sparsity, seed=0):

@@ -12,7 +12,8 @@ weights": the lowest sparsity whose rounded ticket holds no more weights).
 Every slimmed model must give the masked model's outputs (checked); timings
 alternate dense / slimmed variants, after warm-up, and report medians; the
 speedup is the median over rounds of dense's time over the ticket's in the
-same round, with its p10-p90 (utils.timing.paired_speedup).
+same round, with its p10-p90 (utils.timing.paired_speedup). A preset of
+profile/end_to_end.py: its tickets, forms and timings are bench.network's.
 Speedup / FLOPs ratio near 1 means the slimmed model is as fast as its FLOPs
 promise. --compile times torch.compile'd (inductor) dense against compiled
 slimmed models.
@@ -31,7 +32,6 @@ dense model's split is measured beside each sparsity's tickets): the convolution
 most the slimmed model can reach, whatever is done about the rest.
 """
 import argparse
-import copy
 import os
 import statistics
 import sys
@@ -42,17 +42,11 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 from torch.overrides import TorchFunctionMode  # noqa: E402
 
-from models import build_model  # noqa: E402
-from pruner.fold_bn import fold_batchnorm  # noqa: E402
-from pruner.magnitude import global_magnitude_prune  # noqa: E402
-from pruner.masking import apply_mask  # noqa: E402
-from pruner.refill import refill  # noqa: E402
-from pruner.slim import slim  # noqa: E402
-from utils.flops import model_flops  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
-from utils.timing import alternating_samples, medians, paired_speedup  # noqa: E402
+from bench.network import dense_forms, generated_dense, generated_ticket, kept_weights, measure, refill_form  # noqa: E402
+from pruner.refill import refill  # noqa: E402
+from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
-
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -111,57 +105,53 @@ def conv_and_rest_seconds(models, x, passes=5):
     return {name: (statistics.median(conv[name]), statistics.median(rest[name])) for name in models}
 
 
-def refilled(dense, arch, num_classes, sparsity, round_to):
+def refilled(arch, num_classes, sparsity, round_to):
     """(masked model, its refill mask) at `sparsity`, k rounded to `round_to`."""
-    masked = build_model(arch, num_classes, 3).eval()
-    masked.load_state_dict(dense.state_dict())
-    mask = refill(masked, global_magnitude_prune(masked, sparsity), "magnitude", 0.0, None, round_to)
-    apply_mask(masked, mask)
-    return masked, mask
+    _, masked, mask = generated_ticket(arch, sparsity, num_classes)
+    return masked, refill(masked, mask, "magnitude", 0.0, None, round_to)
 
 
-def kept_weights(mask):
-    return sum(int(m.count_nonzero()) for m in mask.values())
-
-
-def same_budget_sparsity(dense, arch, num_classes, sparsity, round_to, steps=24):
+def same_budget_sparsity(arch, num_classes, sparsity, round_to, steps=24):
     """The lowest sparsity (bisection) at which the ticket rounded to
     `round_to` holds no more weights than the unrounded ticket at `sparsity`."""
-    budget = kept_weights(refilled(dense, arch, num_classes, sparsity, 1)[1])
+    budget = kept_weights(refilled(arch, num_classes, sparsity, 1)[1])
     low, high = sparsity, 1.0 - 1e-6  # weights(low) > budget once rounded; weights(high) <= budget
     for _ in range(steps):
         middle = (low + high) / 2
-        if kept_weights(refilled(dense, arch, num_classes, middle, round_to)[1]) <= budget:
+        if kept_weights(refilled(arch, num_classes, middle, round_to)[1]) <= budget:
             high = middle
         else:
             low = middle
     return high
 
 
-def tickets(dense, args, sparsity):
-    """[(label, sparsity, masked model, mask)] timed at one sparsity."""
-    rows = [("refill", sparsity, *refilled(dense, args.arch, args.num_classes, sparsity, 1))]
+def ticket_forms(args, sparsity):
+    """{label: Form} of the slimmed tickets timed at one sparsity (the
+    matched-weights ticket's sparsity in its info as "at")."""
+    tickets = [("refill", sparsity, 1)]
     if args.round_to > 1:
         n = args.round_to
-        rows.append((f"round {n}", sparsity, *refilled(dense, args.arch, args.num_classes, sparsity, n)))
-        matched = same_budget_sparsity(dense, args.arch, args.num_classes, sparsity, n)
-        rows.append((f"round {n}, same weights", matched, *refilled(dense, args.arch, args.num_classes, matched, n)))
-    return rows
+        tickets += [(f"round {n}", sparsity, n),
+                    (f"round {n}, same weights", same_budget_sparsity(args.arch, args.num_classes, sparsity, n), n)]
+    forms = {}
+    for label, at, round_to in tickets:
+        _, masked, mask = generated_ticket(args.arch, at, args.num_classes)
+        forms[label], _ = refill_form(masked, mask, round_to, args.fold_bn, baseline=BASELINE[args.fold_bn])
+        forms[label].info["at"] = at
+    return forms
+
+
+BASELINE = {True: "dense, BN folded", False: "dense"}  # the dense model in the form the tickets are timed in
 
 
 @torch.no_grad()
 def main(args):
     if args.round_to < 1:
-        sys.exit(f"slim_speed.py: error: --round_to must be a positive whole number of channels, got {args.round_to}")
+        raise InvalidInput(f"--round_to must be a positive whole number of channels, got {args.round_to}")
     device = select_device(args.gpu)
-    torch.manual_seed(0)
     shape = (args.batch_size, 3, args.image_size, args.image_size)
-    dense = build_model(args.arch, args.num_classes, 3).eval()
-    timed_dense = fold_batchnorm(copy.deepcopy(dense))[0] if args.fold_bn else dense
+    dense = generated_dense(args.arch, args.num_classes)
     fmt = torch.channels_last if args.memory_format == "channels_last" else torch.contiguous_format
-    x = torch.rand(shape, device=device).contiguous(memory_format=fmt)
-    dense_flops = model_flops(dense, shape)
-    prepare = torch.compile if args.compile else (lambda model: model)
     print(f"{environment_line(device)} | {args.arch}, input {tuple(shape)} {args.memory_format} | "
           f"{'torch.compile (inductor) on both sides' if args.compile else 'eager'}"
           f"{', BatchNorm folded on both sides' if args.fold_bn else ', BatchNorm as separate layers on both sides'}"
@@ -170,30 +160,24 @@ def main(args):
           f"dense/slim ratios")
     print(f"{'sparsity':>8} {'ticket':<22} {'weights':>10} {'channels kept':>13} {'dense ms':>9} {'slim ms':>8} "
           f"{'speedup':>8} {'p10-p90':>11} {'FLOPs ratio':>11} {'speedup/FLOPs':>13} {'max |diff|':>10}")
-    d = prepare(timed_dense.to(device, memory_format=fmt))
-    split_rows = []
+    base = BASELINE[args.fold_bn]
+    rows, split_rows = [], []
     for sparsity in args.sparsity:
-        rows = []
-        for label, at, masked, mask in tickets(dense, args, sparsity):
-            slimmed = slim(masked, fold_bn=args.fold_bn)
-            flops_ratio = dense_flops / model_flops(slimmed, shape)
-            slimmed = prepare(slimmed.to(device, memory_format=fmt).eval())
-            diff = (slimmed(x) - masked.to(device, memory_format=fmt)(x)).abs().max().item()
-            kept = sum(int(m.flatten(1).amax(1).sum()) for m in mask.values()) / sum(m.shape[0] for m in mask.values())
-            rows.append((label, at, kept_weights(mask), kept, slimmed, flops_ratio, diff))
-        fns = {"dense": lambda: d(x), **{row[0]: (lambda m=row[4]: m(x)) for row in rows}}
-        samples = alternating_samples(fns, device, args.repeats, warmup=3)
-        median = medians(samples)
+        forms = {**dense_forms(dense, folded=args.fold_bn, unfolded=not args.fold_bn), **ticket_forms(args, sparsity)}
+        measured = measure(forms, [args.batch_size], shape[1:], runtimes=["compile" if args.compile else "torch"],
+                           repeats=args.repeats, device=device, cuda_graphs=False, memory_format=fmt)
+        rows += measured
+        dense_ms = next(r["ms"] for r in measured if r["form"] == base)
+        for r in (r for r in measured if r["form"] != base):
+            print(f"{100 * r['at']:7.1f}% {r['form']:<22} {r['weights']:>10,} {100 * r['channels_kept']:12.1f}% "
+                  f"{dense_ms:9.2f} {r['ms']:8.2f} {r['speedup']:7.2f}x {r['speedup_p10']:5.2f}-{r['speedup_p90']:<5.2f} "
+                  f"{r['flops_ratio']:10.2f}x {r['speedup'] / r['flops_ratio']:13.2f} {r['check']:10.1e}")
         if device.type == "cpu" and not args.compile:
-            split = conv_and_rest_seconds({"dense": d, **{row[0]: row[4] for row in rows}}, x)
-            split_rows += [(at, label, flops_ratio, split["dense"], split[label])
-                           for label, at, _, _, _, flops_ratio, _ in rows]
-        for label, at, weights, kept, slimmed, flops_ratio, diff in rows:
-            speedup = paired_speedup(samples, "dense", label)
-            print(f"{100 * at:7.1f}% {label:<22} {weights:>10,} {100 * kept:12.1f}% {1e3 * median['dense']:9.2f} "
-                  f"{1e3 * median[label]:8.2f} {speedup['median']:7.2f}x {speedup['p10']:5.2f}-{speedup['p90']:<5.2f} "
-                  f"{flops_ratio:10.2f}x {speedup['median'] / flops_ratio:13.2f} "
-                  f"{diff:10.1e}")
+            x = torch.rand(shape).contiguous(memory_format=fmt)
+            models = {name: form.model.to(memory_format=fmt) for name, form in forms.items()}
+            split = conv_and_rest_seconds(models, x)
+            split_rows += [(r["at"], r["form"], r["flops_ratio"], split[base], split[r["form"]])
+                           for r in measured if r["form"] != base]
 
     if split_rows:
         print("\none forward pass split (ms, medians): convolutions | everything else")
@@ -203,7 +187,8 @@ def main(args):
             print(f"{100 * sparsity:7.1f}% {label:<22} {1e3 * dense_conv:10.2f} {1e3 * slim_conv:9.2f} "
                   f"{dense_conv / slim_conv:11.2f}x {dense_conv / slim_conv / flops_ratio:18.2f} {1e3 * dense_rest:10.2f} "
                   f"{1e3 * slim_rest:9.2f}")
+    return rows
 
 
 if __name__ == "__main__":
-    main(get_args_parser().parse_args())
+    run_cli(main, get_args_parser())

@@ -61,21 +61,114 @@ def test_regroup_conv_cpu_path_checks_and_times_a_layer(tmp_path, cli_error):
                                               "--horizontal_padding", "0"])
 
 
+def _table_rows(stdout):
+    """{form: [columns]} of end_to_end.py's table rows (one batch size)."""
+    rows = {}
+    for line in stdout.splitlines():
+        parts = line.split()
+        if parts and parts[0].isdigit() and "torch" in parts:
+            at = parts.index("torch")
+            rows[" ".join(parts[1:at])] = parts[at + 1:]
+    return rows
+
+
 def test_end_to_end_checks_every_structured_variant(digits_imp_run):
     proc = run_script("profile/end_to_end.py", digits_imp_run / "1checkpoint.pth.tar", "--image_size", "8",
                       "--batch_size", "16", "--repeats", "2", "--b2", "4")
     assert proc.returncode == 0, proc.stderr
-    names = ("dense ", "dense, BN folded", "masked (unstructured)", "slimmed refill", "regrouped (channel) ")
-    rows = {name: line for line in proc.stdout.splitlines() for name in names if line.startswith(name)}
-    assert set(rows) == set(names)
-    for name in names[1:2] + names[3:]:  # checked against the model each implements
-        assert float(rows[name].split()[-1]) < 1e-3
-    for name, row in rows.items():  # ideal and executed MFLOPs per image; the masked model executes dense FLOPs
-        ideal, executed = (float(v) for v in row[len(name):].split()[2:4])
-        assert executed >= ideal * 0.999 and (executed == float(rows["dense "].split()[4]) or "masked" not in name)
-    assert "% of the dense FLOPs)" in proc.stdout
+    rows = _table_rows(proc.stdout)
+    assert set(rows) == {"dense", "dense, BN folded", "masked (unstructured)", "slimmed refill", "regrouped (channel)"}
+    for name in ("dense, BN folded", "slimmed refill", "regrouped (channel)"):  # checked against what each implements
+        assert float(rows[name][-1]) < 1e-3
+    assert rows["dense"][1] == "ref" and rows["dense"][-1] == "ref" and rows["masked (unstructured)"][-1] == "ref"
+    assert "nan" not in proc.stdout
+    assert "% sparse) | ticket sparsity" not in proc.stdout and "layers with blocks" in proc.stdout
     assert re.search(r"regrouped \(channel\): [\d.]+x over dense, BN folded, executed FLOPs ratio [\d.]+x \([\d.]+ of it\)",
                      proc.stdout)
+
+
+def test_end_to_end_draws_and_writes_the_rows_it_prints(tmp_path):
+    """Generated tickets (no checkpoint), two batch sizes: the PNG and the
+    JSON hold the printed rows; speedups paired within their p10-p90."""
+    plot, out = tmp_path / "speedup.png", tmp_path / "rows.json"
+    proc = run_script("profile/end_to_end.py", "--arch", "res20s", "--sparsity", "0.8", "0.9", "--batch_size", "2", "4",
+                      "--image_size", "8", "--repeats", "3", "--b2", "4", "--round_to", "8", "--plot", plot, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and "nan" not in proc.stdout
+    saved = json.loads(out.read_text())
+    rows = saved["rows"]
+    assert {r["ticket"] for r in rows} == {"res20s 80% sparse", "res20s 90% sparse"}
+    assert {r["batch"] for r in rows} == {2, 4}
+    forms = {"dense", "dense, BN folded", "masked (unstructured)", "slimmed refill", "slimmed refill, round 8",
+             "regrouped (channel)"}
+    assert {r["form"] for r in rows} == forms and len(rows) == 2 * 2 * len(forms)
+    printed = [line.split() for line in proc.stdout.splitlines() if line.split() and line.split()[0] in ("2", "4")]
+    assert len(printed) == len(rows)
+    for row, line in zip(rows, printed):  # the JSON's rows are the printed rows, in order
+        assert int(line[0]) == row["batch"] and f"{row['ms']:.2f}" in line
+        if row["speedup"] is not None:
+            assert f"{row['speedup']:.2f}x" in line and row["speedup_p10"] <= row["speedup"] <= row["speedup_p90"]
+        assert f"{row['flops_ratio']:.2f}x" in line
+    slimmed = [r for r in rows if r["form"] == "slimmed refill"]
+    assert all(r["baseline"] == "dense, BN folded" and r["flops_ratio"] > 1 and r["structured"] for r in slimmed)
+
+
+def test_presets_take_their_rows_from_the_shared_measure(monkeypatch):
+    """slim_speed, cpu_speed and onnx_speed time through bench.network.measure:
+    every row they report comes from its calls."""
+    import bench.network
+    real, made = bench.network.measure, []
+
+    def spy(*args, **kwargs):
+        rows = real(*args, **kwargs)
+        made.extend(rows)
+        return rows
+    monkeypatch.setattr(bench.network, "measure", spy)
+    slim_speed = load_script("profile/slim_speed.py")
+    rows = slim_speed.main(slim_speed.get_args_parser().parse_args(
+        ["--arch", "res20s", "--batch_size", "2", "--image_size", "8", "--sparsity", "0.5", "--repeats", "2"]))
+    assert rows == made and {r["form"] for r in rows} == {"dense, BN folded", "refill"}
+    made.clear()
+    cpu_speed = load_script("profile/regroup_conv/cpu_speed.py")
+    results = cpu_speed.main(cpu_speed.get_args_parser().parse_args(
+        ["--arch", "res20s", "--batch_size", "2", "--image_size", "8", "--sparsity", "0.9", "--repeats", "1",
+         "--cn", "auto", "--b2", "4"]))
+    eager = results["runs"][0]["eager"]
+    assert eager["ms"] == {r["form"]: r["ms"] for r in made}
+    assert eager["speedup"] == next(r["speedup"] for r in made if r["form"] == "regrouped")
+    made.clear()
+    onnx_speed = load_script("profile/onnx_speed.py")
+    reported = onnx_speed.main(onnx_speed.get_args_parser().parse_args(
+        ["--arch", "res20s", "--sparsity", "0.8", "--batch_size", "2", "--image_size", "8", "--repeats", "1",
+         "--b2", "4"]))
+    for row in reported:
+        same = {r["runtime"]: r for r in made if r["form"] == row["model"] and r["batch"] == row["batch"]}
+        assert row["PyTorch"]["ms"] == same["torch"]["ms"] and row["ORT CPU"]["ms"] == same["onnxruntime"]["ms"]
+
+
+def test_bf16_on_the_cpu_needs_native_bf16_and_is_checked_against_fp32(monkeypatch, capsys, cli_error, tmp_path):
+    import bench.network
+    from utils.runtime import native_bf16
+    end_to_end = load_script("profile/end_to_end.py")
+    argv = ["--arch", "res20s", "--sparsity", "0.8", "--batch_size", "16", "--image_size", "8", "--repeats", "1",
+            "--b2", "4", "--dtype", "bf16"]
+    monkeypatch.setattr(bench.network, "native_bf16", lambda: None)
+    assert "--dtype bf16: this CPU has no native bf16" in cli_error(end_to_end, argv)
+    monkeypatch.setattr(bench.network, "native_bf16", lambda: "amx_bf16")
+    rows = end_to_end.main(end_to_end.get_args_parser().parse_args(argv))
+    out = capsys.readouterr().out
+    assert "dtype bf16 (native: amx_bf16)" in out and "nan" not in out
+    assert all(r["dtype"] == "bf16" and r["bf16_argmax_agreement"] >= 0.99 and "refused" not in r for r in rows)
+    monkeypatch.setattr(bench.network, "MIN_AGREEMENT", 1.01)  # no form can agree on more than all of the batch
+    rows = end_to_end.main(end_to_end.get_args_parser().parse_args(argv))
+    assert all("refused" in r and "ms" not in r for r in rows)
+    assert "not timed" in capsys.readouterr().out
+    for flags, expected in (("fpu sse avx2", None), ("fpu avx512f avx512_bf16", "avx512_bf16"),
+                            ("fpu amx_tile amx_bf16", "amx_bf16")):
+        cpuinfo = tmp_path / "cpuinfo"
+        cpuinfo.write_text(f"processor\t: 0\nflags\t\t: {flags}\n")
+        assert native_bf16(str(cpuinfo)) == expected
+    assert native_bf16(str(tmp_path / "absent")) is None
 
 
 def test_mask_pictures(digits_imp_run, tmp_path, cli_error):
@@ -164,7 +257,7 @@ def test_layer_and_network_scripts_refuse_gpu_precisions_on_the_cpu(digits_imp_r
     assert "--dtype bf16: the CPU path computes in fp32" in line
     end_to_end = load_script("profile/end_to_end.py")
     line = cli_error(end_to_end, [str(digits_imp_run / "1checkpoint.pth.tar"), "--image_size", "8", "--dtype", "tf32"])
-    assert "--dtype tf32: the CPU paths compute in fp32" in line
+    assert "--dtype tf32: the CPU paths compute in fp32 or, with native bf16, bf16" in line
     assert "must be at least 1" in cli_error(end_to_end, [str(digits_imp_run / "1checkpoint.pth.tar"), "--batch_size", "0"])
 
 

@@ -34,3 +34,19 @@ def select_device(gpu):
     if gpu is not None:
         print(f"--gpu {gpu}: CUDA is not available, running on the CPU")
     return torch.device("cpu")
+
+
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")  # /proc/cpuinfo flags of CPUs that compute bf16 natively
+
+
+def native_bf16(cpuinfo="/proc/cpuinfo"):
+    """The /proc/cpuinfo flag that shows this CPU computes bf16 natively
+    (AMX or AVX512-BF16: oneDNN's bf16 convolutions then run about twice as
+    fast as fp32), or None (no such flag, or no /proc/cpuinfo to read:
+    elsewhere bf16 is emulated and slower than fp32)."""
+    try:
+        with open(cpuinfo) as f:
+            flags = set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return None
+    return next((flag for flag in BF16_FLAGS if flag in flags), None)
