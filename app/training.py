@@ -44,7 +44,8 @@ def empty_result():
     return {"train_loss": [], "train_acc": [], "val_acc": [], "test_acc": [], "lr": [], "seconds": []}
 
 
-def _autocast(device, amp):
+def autocast(device, amp):
+    """fp16 autocast on CUDA when `amp` (the training loop's and bench.training's), off elsewhere."""
     return torch.autocast(device_type=device.type, dtype=torch.float16, enabled=amp and device.type == "cuda")
 
 
@@ -65,7 +66,7 @@ def train_one_epoch(model, loader, optimizer, device, *, amp=True, scaler=None, 
     bar = tqdm(loader, desc=desc, leave=False, disable=None, dynamic_ncols=True)
     for step, (images, targets) in enumerate(bar):
         images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(images)
             loss = F.cross_entropy(logits, targets)
         if not torch.isfinite(loss):
@@ -99,7 +100,7 @@ def evaluate(model, loader, device, amp=True, dist_ctx=None):
     correct, seen = 0, 0
     for images, targets in loader:
         images, targets = _to_device(images, device), targets.to(device, non_blocking=True)
-        with _autocast(device, amp):
+        with autocast(device, amp):
             logits = model(images)
         correct += (logits.argmax(1) == targets).sum().item()
         seen += targets.size(0)

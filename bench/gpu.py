@@ -36,8 +36,10 @@ def l2_bytes(device):
 
 def rotating_inputs(shape, dtype, device, memory_format=torch.channels_last, generator=None, most=64):
     """Fresh random buffers (never zeros), enough that together they hold
-    three times the L2 cache (at least 2, at most `most`)."""
+    three times the L2 cache (at least 2, at most `most`; one on the CPU)."""
     nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+    if torch.device(device).type != "cuda":  # a CPU rehearsal of a GPU script: no cache to defeat, one buffer
+        return [torch.randn(shape, generator=generator).to(dtype).contiguous(memory_format=memory_format)]
     count = max(2, min(most, math.ceil(3 * l2_bytes(device) / max(nbytes, 1))))
     return [torch.randn(shape, device=device, generator=generator).to(dtype).contiguous(memory_format=memory_format)
             for _ in range(count)]

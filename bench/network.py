@@ -80,17 +80,17 @@ def trained_looking(model, seed=0):
     return model.eval()
 
 
-def generated_dense(arch, num_classes=10, in_channels=3, seed=0):
+def generated_dense(arch, num_classes=10, in_channels=3, seed=0, imagenet_stem=False):
     """`arch`'s initial weights (seeded), BatchNorm as after training, eval mode."""
     torch.manual_seed(seed)
-    return trained_looking(build_model(arch, num_classes, in_channels), seed)
+    return trained_looking(build_model(arch, num_classes, in_channels, imagenet_stem=imagenet_stem), seed)
 
 
-def generated_ticket(arch, sparsity, num_classes=10, in_channels=3, seed=0):
+def generated_ticket(arch, sparsity, num_classes=10, in_channels=3, seed=0, imagenet_stem=False):
     """(dense model, masked copy, Mask): one seeded global magnitude step at
     `sparsity` on generated_dense's weights; the benchmark tickets that need
     no trained run."""
-    dense = generated_dense(arch, num_classes, in_channels, seed)
+    dense = generated_dense(arch, num_classes, in_channels, seed, imagenet_stem)
     masked = copied(dense)
     mask = global_magnitude_prune(masked, sparsity)
     apply_mask(masked, mask)
@@ -239,7 +239,7 @@ def _bf16_agreement(model, bf16_model, x):
 class _Prepared:
     """A form made ready for one runtime: call(x) runs it on an input of the batch."""
 
-    def __init__(self, form, runtime, device, dtype, memory_format, compile_mode, folder, probe):
+    def __init__(self, form, runtime, device, dtype, memory_format, compiler, folder, probe):
         self.compile_seconds = None
         if runtime.startswith("onnxruntime"):
             from app.onnx_export import INPUT_NAME, export_onnx, onnx_modules, ort_session
@@ -257,7 +257,8 @@ class _Prepared:
             return
         model = _on(form.model, device, dtype, memory_format)
         if runtime == "compile":
-            model = torch.compile(model, mode=compile_mode)
+            mode, backend = compiler
+            model = torch.compile(model, mode=mode, backend=backend)
         self.call = model
 
     def warm(self, x):
@@ -280,7 +281,8 @@ def _flops(form, image_shape):
 
 @torch.no_grad()
 def measure(forms, batches, image_shape, *, runtimes=("torch",), dtype="fp32", repeats=10, device=None,
-            cuda_graphs=True, memory_format=torch.channels_last, compile_mode=None, seed=0, warmup=3):
+            cuda_graphs=True, memory_format=torch.channels_last, compile_mode=None, compile_backend="inductor", seed=0,
+            warmup=3):
     """Rows of every (batch, form, runtime): see the module docstring. Every
     form is checked (and, in bf16, compared with its fp32 self) before
     anything is timed; a form refused in bf16 gets a row saying why."""
@@ -299,7 +301,8 @@ def measure(forms, batches, image_shape, *, runtimes=("torch",), dtype="fp32", r
     flops = {name: _flops(form, image_shape) for name, form in forms.items()}
     rows = []
     with tempfile.TemporaryDirectory() as folder:
-        prepared = {(name, runtime): _Prepared(form, runtime, device, dtype, memory_format, compile_mode, folder, probe)
+        prepared = {(name, runtime): _Prepared(form, runtime, device, dtype, memory_format, (compile_mode, compile_backend),
+                                               folder, probe)
                     for runtime in runtimes for name, form in forms.items()}
         for batch in batches:
             x = torch.rand(batch, *image_shape, generator=generator).contiguous(memory_format=memory_format)
@@ -409,8 +412,10 @@ def table(rows):
             speed = (f"{r['speedup']:7.2f}x {r['speedup_p10']:5.2f}-{r['speedup_p90']:<5.2f} "
                      f"{r['baseline']:<16}")
             share = f"{r['speedup'] / r['flops_ratio']:8.2f}"
+        agreement = r.get("bf16_argmax_agreement")
         lines.append(f"{r['batch']:5d} {r['form']:<28} {r['runtime']:<11} {r['ms']:9.2f} {speed} "
-                     f"{r['flops_ratio']:10.2f}x {share} {check:>9}")
+                     f"{r['flops_ratio']:10.2f}x {share} {check:>9}"
+                     + ("" if agreement is None else f"  bf16 agrees with fp32 on {100 * agreement:.0f}%"))
     return "\n".join(lines)
 
 

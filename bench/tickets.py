@@ -1,34 +1,25 @@
-"""Structured tickets against the vendor library, per layer and end to end,
-checked before they are timed (DESIGN.md §7). Used by
-profile/regroup_conv/conv.py, profile/end_to_end.py and profile/gpu_check.py.
+"""Regrouped layers against the vendor library, checked before they are
+timed (DESIGN.md §7), and the layer tickets of the GPU scripts
+(profile/regroup_conv/conv.py, kernel_sweep.py, gpu_check.py). Whole
+networks are bench/network.py's.
 
 Per layer: cuDNN (benchmark mode) on the regrouped weight computed densely,
 against the Triton kernel and the CUDA C kernel, in one precision, on the
 same rotating channels-last inputs (the CUDA C kernel reads NCHW fp32, its
-only layout and dtype: it gets NCHW fp32 copies of the same inputs).
-End to end: the dense model, the regrouped ticket (layers where the kernel is
-slower keep cuDNN) and the slimmed refill ticket, in the same precision and
-layout, each checked against the masked model it implements.
+only layout and dtype: it gets NCHW fp32 copies of the same inputs). On the
+CPU (a rehearsal) the CPU's convolution and the host clock stand in.
 """
-
 import torch
 import torch.nn.functional as F
 
-from models import build_model
-from kernels.regrouped import RegroupedConv2d, regroup_model
-from pruner.magnitude import global_magnitude_prune
+from kernels.regrouped import RegroupedConv2d
 from pruner.mask import Mask
-from pruner.masking import apply_mask, load_plain_weights, refresh_masked_weights, strip_masks
-from pruner.refill import refill
 from pruner.regroup import regroup_layer
-from pruner.slim import slim
-from utils.errors import InvalidInput
 from bench.gpu import apply_precision, relative_error, rotating_inputs
-from bench.network import copied, trained_looking  # noqa: F401 (callers name them from here too)
-from utils.timing import eager_timings, graph_timings
+from bench.network import generated_ticket
+from utils.timing import timings
 
 TOLERANCE = {"fp32": 1e-5, "tf32": 3e-3, "fp16": 3e-3, "bf16": 1.5e-2}  # relative error of one layer vs float64
-MODEL_TOLERANCE = {"fp32": 1e-4, "tf32": 2e-2, "fp16": 2e-2, "bf16": 6e-2}  # a whole network vs float64
 
 
 def check_layer(conv, x, reference, precision, kernel):
@@ -68,65 +59,11 @@ def compare_layer(weight, blocks, unit, stride, padding, dilation, input_shape, 
             row[kernel]["config"] = conv.triton_config_used()  # the tuner's variant and tiles
         if ok:
             calls[kernel] = (conv, kernel_inputs)
-    timer = graph_timings if cuda_graphs else eager_timings
-    times = timer(calls, repeats)
+    times = timings(device, cuda_graphs)(calls, repeats)
     for name, t in times.items():
         row.setdefault(name, {}).update(ms=1e3 * t["median"], p10=1e3 * t["p10"], p90=1e3 * t["p90"], runs=t["runs"],
                                         vs_cudnn=t["median"] / times["cudnn"]["median"])
     return row
-
-
-def build_tickets(masked, mask, regroup):
-    """The forms of one ticket: dense (same weights, no masks), masked,
-    refilled (magnitude) and slimmed, regroup's masked reference; `regroup`
-    maps the mask to (regrouped mask, infos)."""
-    dense = strip_masks(copied(masked))  # then the unpruned weights: dense timings never run on zeros
-    load_plain_weights(dense, {k.replace("_orig", ""): v for k, v in masked.state_dict().items()
-                               if not k.endswith("_mask")})
-    refilled_mask = refill(masked, mask, "magnitude", 0.0)
-    refilled = copied(masked)
-    apply_mask(refilled, refilled_mask)
-    regrouped_mask, infos = regroup(mask)
-    regroup_reference = copied(masked)
-    apply_mask(regroup_reference, regrouped_mask)
-    return {"dense": dense, "masked": masked, "refilled": refilled, "refilled_mask": refilled_mask,
-            "slimmed": slim(refilled), "regroup_reference": regroup_reference, "regrouped_mask": regrouped_mask,
-            "infos": infos}
-
-
-@torch.no_grad()
-def end_to_end_gpu(tickets, input_shape, precision, unit, kernel="triton", repeats=50, cuda_graphs=True,
-                   device="cuda", seed=0):
-    """Dense vs regrouped (per-layer choice, measured on this input) vs
-    slimmed refill on the GPU, in one precision, channels-last: {variant:
-    {ms, p10, p90, speedup, error}}, the layer choice, and the error check."""
-    dtype = apply_precision(precision)
-    fmt = torch.channels_last
-    generator = torch.Generator(device=device).manual_seed(seed)
-    inputs = rotating_inputs(input_shape, dtype, device, generator=generator, most=16)
-
-    def on_device(model):
-        return copied(model).to(device=device, dtype=dtype, memory_format=fmt).eval()
-    regrouped, choice = regroup_model(on_device(tickets["regroup_reference"]), tickets["infos"], unit,
-                                      example_input=inputs[0], kernel=kernel)
-    strip_masks(regrouped)  # its layers without blocks run as plain convolutions on the zeroed weights
-    variants = {"dense": (on_device(tickets["dense"]), tickets["dense"]),
-                "regrouped": (regrouped, tickets["regroup_reference"]),
-                "slimmed refill": (on_device(tickets["slimmed"]), tickets["refilled"])}
-    result = {"precision": precision, "input": list(input_shape), "choice": choice, "variants": {}}
-    for name, (model, reference) in variants.items():
-        expected = copied(reference).to(device=device, dtype=torch.float64).eval()(inputs[0].double())
-        error = relative_error(model(inputs[0]), expected)
-        if not error < MODEL_TOLERANCE[precision]:
-            raise InvalidInput(f"{name} differs from the masked model it implements: relative error {error:.2e} "
-                            f"(limit {MODEL_TOLERANCE[precision]:g} in {precision})")
-        result["variants"][name] = {"error": error}
-    timer = graph_timings if cuda_graphs else eager_timings
-    times = timer({name: (model, inputs) for name, (model, _) in variants.items()}, repeats)
-    for name, t in times.items():
-        result["variants"][name].update(ms=1e3 * t["median"], p10=1e3 * t["p10"], p90=1e3 * t["p90"],
-                                        speedup=times["dense"]["median"] / t["median"])
-    return result
 
 
 def random_regrouped_layer(c_out, c_in, k, unit, generator, density=0.3, cn=4, b2=2, empty_row_every=7):
@@ -142,14 +79,19 @@ def random_regrouped_layer(c_out, c_in, k, unit, generator, density=0.3, cn=4, b
     return weight * new_mask, info.blocks, torch.randn(c_out, generator=generator)
 
 
+def regroup_layer_by_rows(layer_mask, rows_per_part, unit, t1=1.5, nn=32):
+    """(regrouped mask, LayerRegroup) of one layer with parts of about
+    `rows_per_part` rows (cn = c_out / rows_per_part, b2 = rows_per_part / 2)."""
+    cn = max(1, layer_mask.shape[0] // rows_per_part)
+    return regroup_layer(layer_mask, t1, cn, nn, rows_per_part // 2, 0, "greedy", unit)
+
+
 def regroup_by_rows(mask, rows_per_part, unit, t1=1.5, nn=32):
-    """Regroup every layer with parts of about `rows_per_part` rows (cn =
-    c_out / rows_per_part, b2 = rows_per_part / 2): every layer gets blocks.
-    Returns (regrouped Mask, {layer: LayerRegroup})."""
+    """Regroup every layer with parts of about `rows_per_part` rows: every
+    layer gets blocks. Returns (regrouped Mask, {layer: LayerRegroup})."""
     new, infos = Mask(), {}
     for name, layer_mask in mask.items():
-        cn = max(1, layer_mask.shape[0] // rows_per_part)
-        new[name], infos[name] = regroup_layer(layer_mask, t1, cn, nn, rows_per_part // 2, 0, "greedy", unit)
+        new[name], infos[name] = regroup_layer_by_rows(layer_mask, rows_per_part, unit, t1, nn)
     return new, infos
 
 
@@ -169,18 +111,9 @@ def conv_input_shapes(model, input_shape):
     return shapes
 
 
-def resnet18_ticket(sparsity, seed=0):
-    """(masked CIFAR ResNet-18, its Mask): one seeded global magnitude step
-    on the initial weights (the benchmark tickets of profile/)."""
-    torch.manual_seed(seed)
-    model = build_model("res18", 10, 3).eval()
-    mask = global_magnitude_prune(model, sparsity)
-    apply_mask(model, mask)
-    return model, mask
-
-
 def resnet18_tickets(sparsity, rows_per_part, unit, batch, seed=0):
-    """(masked model, regrouped Mask, infos, conv input shapes at `batch`) of resnet18_ticket."""
-    masked, mask = resnet18_ticket(sparsity, seed)
+    """(masked model, regrouped Mask, infos, conv input shapes at `batch`) of
+    bench.network.generated_ticket's CIFAR ResNet-18 (the benchmark tickets of profile/)."""
+    _, masked, mask = generated_ticket("res18", sparsity, seed=seed)
     regrouped_mask, infos = regroup_by_rows(mask, rows_per_part, unit)
     return masked, regrouped_mask, infos, conv_input_shapes(masked, (batch, 3, 32, 32))

@@ -1,91 +1,109 @@
 """Everything this tool claims about GPUs, checked and timed in one command
-(DESIGN.md §7), in a few minutes, with nothing to download or install.
+(DESIGN.md §7), under 6 minutes by construction, with nothing to download or
+install; rehearsed on the CPU before any device time is spent.
 
-    python profile/gpu_check.py --out runs/gpu_check
+    python profile/gpu_check.py --rehearse --out runs/rehearsal    # the CPU: every section at tiny sizes, and the plan
+    python profile/gpu_check.py --out runs/gpu_check               # a CUDA GPU
+    python profile/gpu_check.py --quick --out runs/gpu_check       # one ticket, one precision, one batch size
 
-First the Triton kernel's tile variant runs once in a child process; if it
-fails there it is switched off for the run (STRUCTLTH_TRITON_TILE=0).
-(a) the Triton (every variant that applies) and CUDA C kernels against
-    F.conv2d (float64) over the test cases at full size, in fp32, tf32, fp16
-    and bf16, into poisoned outputs, and the Triton path's gradients against
-    autograd through F.conv2d;
-(b) every 3x3 and 1x1 convolution of a CIFAR ResNet-18 at --layer_batch,
-    regrouped at two densities, Triton (with the variant and tiles the tuner
-    chose) and CUDA C against cuDNN in tf32 and bf16 (CUDA-graph replays
-    over rotating inputs, medians and spread);
-(c) ResNet-18 end to end, dense vs regrouped (per-layer choice) vs slimmed
-    refill, at each --batch_sizes, CUDA graphs on both sides;
-(d) main_imp.py on digits for one epoch on CUDA (AMP, channels-last), and
-    once under torchrun --nproc_per_node 1 (NCCL);
-(e) report.json and report.md under --out, the tables printed last.
+Sections (bench/gpu_sections.py): (a) the kernels against F.conv2d, (b)
+regrouped layers against cuDNN (CIFAR ResNet-18; ResNet-50's 3x3 layers at
+224x224; parts of 32, 64, 128 rows), (c) every form of a ticket at 80% end
+to end, checked then timed (CIFAR ResNet-18 at batch 1, 64, 256; ResNet-50
+224x224 at batch 64; then torch.compile), (d) training throughput and
+one-epoch smoke runs (CUDA, torchrun). Each section has a deadline
+(--deadline NAME=SECONDS): a unit of work starts only if its estimate fits
+what is left (estimates from the last H200 run, docs/gpu/), the others are
+skipped and the report says which. First the plan is printed: sections,
+shapes, models, estimated GPU seconds. Before them the Triton kernel's tile
+variant runs once in a child process (a fault there cannot take the CUDA
+context down); if it fails it is switched off for the run.
 
-Tickets: one seeded global magnitude step on ResNet-18's initial weights at
-each --sparsities; each layer regrouped (--regroup_unit) with parts of about
---rows_per_part rows (cn = c_out / rows_per_part, b2 = rows_per_part / 2),
-which gives every layer blocks. Each section that fails is recorded with its
-error and the others still run; the exit status is non-zero if any did.
-Without CUDA it stops with one line.
+--rehearse runs the same code on the CPU at tiny sizes: the Triton kernel
+under its interpreter, the CPU's convolution for cuDNN's, the host clock
+for CUDA events and graphs, torch.compile with the eager backend (dynamo
+traces; inductor does not run), the CUDA C kernel skipped; the deadlines
+run on a stand-in clock of the GPU estimates, so it skips what the real run
+would. Both write report.json and report.md under --out. Without CUDA and
+without --rehearse it stops with one line.
 """
 import argparse
 import json
 import os
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import traceback
+
+if "--rehearse" in sys.argv:  # Triton decorates its own functions at import: choose its interpreter first
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from utils.checkpoint import summary_path  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CHECK_CASES = [  # (c_out, c_in, k, stride, padding, dilation, batch, size)
-    (128, 64, 3, 1, 1, 1, 33, 32),
-    (256, 128, 3, 2, 1, 1, 17, 16),
-    (256, 128, 1, 2, 0, 1, 31, 16),
-    (96, 80, 1, 1, 0, 1, 9, 20),
-    (100, 70, 3, 1, 2, 2, 7, 24),
-    (200, 96, 3, 1, 0, 1, 5, 15),
-]
+SECTIONS = ("check", "layers", "end_to_end", "training")
+DEADLINES = {"check": 35.0, "layers": 80.0, "end_to_end": 138.0, "training": 82.0}  # seconds; 335 s in all
+TILE_SMOKE_TIMEOUT = 25  # seconds; with the deadlines, 6 minutes
 
 
 def get_args_parser():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder for report.json and report.md")
-    p.add_argument("--sparsities", type=float, nargs="+", default=[0.95, 0.98],
-                   help="global magnitude sparsity of the two tickets")
-    p.add_argument("--rows_per_part", type=int, default=32)
+    p.add_argument("--rehearse", action="store_true", help="run every section on the CPU at tiny sizes (no GPU)")
+    p.add_argument("--quick", action="store_true", help="one ticket, one precision, one batch size")
+    p.add_argument("--precisions", nargs="+", default=None, choices=["fp32", "tf32", "fp16", "bf16"],
+                   help="of sections (b) and (c) (default: bf16 on a GPU; fp32 in a rehearsal)")
     p.add_argument("--regroup_unit", default="channel", choices=["weight", "channel"],
                    help="channel-unit layers can run the Triton kernel's tile variant (bulk copies); "
                         "weight-unit layers run its gather variant")
-    p.add_argument("--layer_batch", type=int, default=64)
-    p.add_argument("--batch_sizes", type=int, nargs="+", default=[64, 256], help="end-to-end batch sizes")
-    p.add_argument("--precisions", nargs="+", default=["tf32", "bf16"], choices=["fp32", "tf32", "fp16", "bf16"])
-    p.add_argument("--repeats", type=int, default=50, help="timed graph replays per measurement")
-    p.add_argument("--skip", nargs="*", default=[], choices=["check", "layers", "end_to_end", "training"])
+    p.add_argument("--deadline", nargs="*", default=[], metavar="SECTION=SECONDS",
+                   help=f"override a section's deadline ({', '.join(f'{k}={v:g}' for k, v in DEADLINES.items())})")
+    p.add_argument("--skip", nargs="*", default=[], choices=list(SECTIONS))
     p.add_argument("--tile_smoke", action="store_true", help=argparse.SUPPRESS)  # the child process of tile_smoke()
     return p
 
 
-def tile_smoke():
-    """Run the Triton kernel's tile variant (new, never run on a GPU before
-    2026-11-26) once in a child process against F.conv2d in fp32 and bf16.
-    A fault there cannot take this process's CUDA context down with it; if
-    the child fails, the variant is switched off for the rest of this run
-    (STRUCTLTH_TRITON_TILE=0) and the report says so."""
+def deadlines(args):
+    out = dict(DEADLINES)
+    for item in args.deadline:
+        name, _, seconds = item.partition("=")
+        try:
+            value = float(seconds)
+        except ValueError:
+            value = -1.0
+        if name not in out or value < 0:
+            raise InvalidInput(f"--deadline takes SECTION=SECONDS with SECTION one of {', '.join(SECTIONS)} and "
+                               f"SECONDS >= 0, got '{item}'")
+        out[name] = value
+    return out
+
+
+def tile_smoke(rehearse):
+    """Run the Triton kernel's tile variant once against F.conv2d: in a child
+    process on a GPU (a fault there cannot take this process's CUDA context
+    down with it; if it fails the variant is switched off for the run with
+    STRUCTLTH_TRITON_TILE=0 and the report says so), in-process in a
+    rehearsal (the interpreter, fp32 and fp16)."""
     tic = time.time()
-    try:
-        proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--out", "unused", "--tile_smoke"], cwd=ROOT,
-                              capture_output=True, text=True, timeout=300)
-        ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
-    except subprocess.TimeoutExpired:
-        ok, tail = False, "timed out after 300 s"
+    if rehearse:
+        try:
+            tile_smoke_child("cpu", ("fp32", "fp16"))
+            ok, tail = True, "rehearsal: in-process, Triton's interpreter"
+        except BaseException as err:  # noqa: BLE001 - reported like the child's failure
+            ok, tail = False, f"{type(err).__name__}: {err}"
+    else:
+        try:
+            proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--out", "unused", "--tile_smoke"],
+                                  cwd=ROOT, capture_output=True, text=True, timeout=TILE_SMOKE_TIMEOUT)
+            ok, tail = proc.returncode == 0, (proc.stdout + proc.stderr)[-2000:]
+        except subprocess.TimeoutExpired:
+            ok, tail = False, f"timed out after {TILE_SMOKE_TIMEOUT} s"
     if not ok:
         os.environ["STRUCTLTH_TRITON_TILE"] = "0"
     print(f"tile variant smoke check: {'passed' if ok else 'FAILED, switched off for this run'} "
@@ -93,48 +111,27 @@ def tile_smoke():
     return {"ok": ok, "output": tail, "seconds": round(time.time() - tic, 1)}
 
 
-def tile_smoke_child():
-    """The child of tile_smoke: exit 0 only if the tile variant matches F.conv2d."""
+def tile_smoke_child(device="cuda", precisions=("fp32", "bf16")):
+    """The tile variant against F.conv2d; raises SystemExit(1) on a mismatch."""
     from kernels.regrouped import RegroupedConv2d
     from kernels.triton_conv import default_config
     from bench.gpu import apply_precision
     from bench.tickets import TOLERANCE, check_layer, random_regrouped_layer
     weight, blocks, bias = random_regrouped_layer(128, 64, 3, "channel", torch.Generator().manual_seed(2), cn=4, b2=8)
-    x64 = torch.randn(9, 64, 16, 16, generator=torch.Generator().manual_seed(3), dtype=torch.float64).cuda()
-    reference = F.conv2d(x64, weight.double().cuda(), bias.double().cuda(), 1, 1)
-    for precision in ("fp32", "bf16"):
+    x64 = torch.randn(3 if device == "cpu" else 9, 64, 8 if device == "cpu" else 16, 8 if device == "cpu" else 16,
+                      generator=torch.Generator().manual_seed(3), dtype=torch.float64).to(device)
+    reference = F.conv2d(x64, weight.double().to(device), bias.double().to(device), 1, 1)
+    for precision in precisions:
         dtype = apply_precision(precision)
-        conv = RegroupedConv2d(weight, blocks, "channel", 1, 1, 1, bias, kernel="triton").cuda()
+        conv = RegroupedConv2d(weight, blocks, "channel", 1, 1, 1, bias, kernel="triton").to(device)
         conv.triton_config = default_config("tile")
         error, ok = check_layer(conv, x64.to(dtype).contiguous(memory_format=torch.channels_last), reference,
                                 precision, "triton")
-        torch.cuda.synchronize()
+        if device == "cuda":
+            torch.cuda.synchronize()
         print(f"tile variant, {precision}: relative error {error:.2e} (limit {TOLERANCE[precision]})", flush=True)
         if not ok:
             raise SystemExit(1)
-
-
-class Report:
-    """Sections with their results or errors, written after each one."""
-
-    def __init__(self, out):
-        self.out, self.data, self.failed, self.start = out, {}, [], time.time()
-
-    def run(self, name, fn, *args):
-        tic = time.time()
-        print(f"[{time.time() - self.start:6.1f}s] {name} ...", flush=True)
-        try:
-            self.data[name] = fn(*args)
-        except Exception as err:  # noqa: BLE001 - a failed section is reported, the others still run
-            self.failed.append(name)
-            self.data[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()}
-            print(self.data[name]["traceback"], flush=True)
-        self.data.setdefault("seconds", {})[name] = round(time.time() - tic, 1)
-        self.save()
-
-    def save(self):
-        with open(os.path.join(self.out, "report.json"), "w") as f:
-            json.dump(self.data, f, indent=1, default=str)
 
 
 class CudaBuild(threading.Thread):
@@ -156,217 +153,140 @@ class CudaBuild(threading.Thread):
         return self.error is None
 
 
-def check_kernels(build):
-    """(a): every case, unit and precision; Triton into a NaN-poisoned output."""
-    from kernels.regrouped import RegroupedConv2d
-    from kernels.triton_conv import default_config, variants_for
-    from bench.gpu import apply_precision, relative_error
-    from bench.tickets import TOLERANCE, check_layer, random_regrouped_layer
-    rows, layers = [], []
-    generator = torch.Generator().manual_seed(0)
-    for case in CHECK_CASES:
-        c_out, c_in, k, stride, padding, dilation, batch, size = case
-        for unit in ("weight", "channel"):
-            weight, blocks, bias = random_regrouped_layer(c_out, c_in, k, unit, generator, cn=6, b2=4)
-            x64 = torch.randn(batch, c_in, size, size, generator=generator, dtype=torch.float64).cuda()
-            reference = F.conv2d(x64, weight.double().cuda(), bias.double().cuda(), stride, padding, dilation)
-            layers.append((case, unit, (weight, blocks, unit, stride, padding, dilation, bias), x64, reference))
-    for case, unit, layer, x64, reference in layers:
-        for precision in ("fp32", "tf32", "fp16", "bf16"):
-            dtype = apply_precision(precision)
-            conv = RegroupedConv2d(*layer, kernel="triton").cuda()
-            structure = conv.triton_state(x64.device, dtype)[0]
-            for variant in variants_for(structure, conv.stride, x64.shape[-2:]):  # every one the tuner may choose
-                conv.triton_config = default_config(variant)
-                error, ok = check_layer(conv, x64.to(dtype).contiguous(memory_format=torch.channels_last), reference,
-                                        precision, "triton")
-                rows.append({"case": case, "unit": unit, "precision": precision, "kernel": "triton",
-                             "variant": variant, "error": error, "ok": ok, "limit": TOLERANCE[precision]})
-    if build.ready():  # the CUDA C kernel: fp32 FMA, NCHW
-        apply_precision("fp32")
-        for case, unit, layer, x64, reference in layers:
-            conv = RegroupedConv2d(*layer, kernel="cuda").cuda()
-            error = relative_error(conv(x64.float()), reference)
-            rows.append({"case": case, "unit": unit, "precision": "fp32", "kernel": "cuda", "error": error,
-                         "ok": error < TOLERANCE["fp32"], "limit": TOLERANCE["fp32"]})
-    rows.append(check_gradients())
-    if not build.ready():
-        rows.append({"kernel": "cuda", "ok": False, "error": build.error})
-    bad = [r for r in rows if not r["ok"]]
-    if bad:
-        raise AssertionError(f"{len(bad)} of {len(rows)} checks failed: {json.dumps(bad[:5], default=str)}")
-    return {"checks": len(rows), "largest_error": {p: max(r["error"] for r in rows if r.get("precision") == p)
-                                                   for p in ("fp32", "tf32", "fp16", "bf16")}, "rows": rows}
+class Report:
+    """Sections with their rows, errors and budgets, written after each unit."""
+
+    def __init__(self, out):
+        self.out, self.data, self.failed = out, {}, []
+
+    def run_section(self, name, section, work, rehearse):
+        from bench.budget import Budget
+        budget = Budget(section, rehearsal=rehearse)
+        result = self.data[name] = {"rows": [], "errors": []}
+        print(f"({section.name}) {section.title}: deadline {section.deadline:.0f} s", flush=True)
+        for unit, fn in work:
+            if not budget.admit(unit):
+                print(f"  skipped (deadline): {unit.what}", flush=True)
+                continue
+            try:
+                result["rows"] += fn()
+            except Exception as err:  # noqa: BLE001 - a failed unit is reported, the others still run
+                result["errors"].append({"unit": unit.what, "error": f"{type(err).__name__}: {err}",
+                                         "traceback": traceback.format_exc()})
+                print(f"  FAILED {unit.what}: {type(err).__name__}: {err}", flush=True)
+            budget.done(unit)
+            result["budget"] = budget.summary()
+            self.save()
+        result["budget"] = budget.summary()
+        bad = [r for r in result["rows"] if r.get("ok") is False]
+        if bad:
+            result["errors"].append({"unit": "checks", "error": f"{len(bad)} of {len(result['rows'])} checks failed: "
+                                                                f"{json.dumps(bad[:5], default=str)}"})
+        if result["errors"]:
+            self.failed.append(name)
+        if budget.skipped:
+            print(f"  ({section.name}) {result['budget']['note']}", flush=True)
+        self.save()
+
+    def save(self):
+        with open(os.path.join(self.out, "report.json"), "w") as f:
+            json.dump(self.data, f, indent=1, default=str)
 
 
-def check_gradients():
-    """The Triton path's input, block-weight and bias gradients against autograd through F.conv2d (fp32, TF32 off)."""
-    from kernels.regrouped import RegroupedConv2d
-    from bench.gpu import apply_precision, relative_error
-    from bench.tickets import random_regrouped_layer
-    apply_precision("fp32")
-    weight, blocks, bias = random_regrouped_layer(96, 64, 3, "weight", torch.Generator().manual_seed(1))
-    conv = RegroupedConv2d(weight, blocks, "weight", 2, 1, 1, bias, kernel="triton").cuda()
-    x = torch.randn(9, 64, 17, 17, device="cuda", requires_grad=True)
-    target = torch.randn(9, 96, 9, 9, device="cuda")
-    (conv(x) * target).sum().backward()
-    dense = conv.dense_weight().detach().requires_grad_()
-    b = conv.bias.detach().clone().requires_grad_()
-    x2 = x.detach().clone().requires_grad_()
-    (F.conv2d(x2, dense, b, 2, 1) * target).sum().backward()
-    inside = conv.scatter_blocks([torch.ones_like(w) for w in conv.block_weights])  # block weights only
-    errors = {"input": relative_error(x.grad, x2.grad), "bias": relative_error(conv.bias.grad, b.grad),
-              "weight": relative_error(conv.scatter_blocks([w.grad for w in conv.block_weights]), dense.grad * inside)}
-    return {"kernel": "triton", "precision": "fp32", "case": "gradients", "error": max(errors.values()),
-            "parts": errors, "ok": max(errors.values()) < 1e-5}
-
-
-def make_tickets(args):
-    """{sparsity: (masked model, mask, regroup function, conv input shapes at --layer_batch)}."""
-    import functools
-    from bench.tickets import conv_input_shapes, regroup_by_rows, resnet18_ticket
-    tickets = {}
-    for sparsity in args.sparsities:
-        masked, mask = resnet18_ticket(sparsity)
-        regroup = functools.partial(regroup_by_rows, rows_per_part=args.rows_per_part, unit=args.regroup_unit)
-        tickets[sparsity] = (masked, mask, regroup, conv_input_shapes(masked, (args.layer_batch, 3, 32, 32)))
-    return tickets
-
-
-def layer_tables(args, tickets, build):
-    """(b): per layer, per ticket, per precision."""
-    from bench.tickets import compare_layer
-    kernels = ("triton", "cuda") if build.ready() else ("triton",)
-    out = []
-    for sparsity, (masked, mask, regroup, shapes) in tickets.items():
-        regrouped_mask, infos = regroup(mask)
-        modules = dict(masked.named_modules())
-        for precision in args.precisions:
-            for name, info in infos.items():
-                conv = modules[name]
-                if info.kept_mask:
-                    out.append({"sparsity": sparsity, "layer": name, "precision": precision, "blocks": 0})
-                    continue
-                weight = conv.weight_orig.detach() * regrouped_mask[name]
-                row = compare_layer(weight, info.blocks, args.regroup_unit, conv.stride, conv.padding, conv.dilation,
-                                    shapes[name], precision, kernels, args.repeats)
-                row.update(sparsity=sparsity, layer=name, kernel_size=conv.kernel_size[0], blocks=len(info.blocks),
-                           density=info.density_after, nonzeros_kept=info.nonzeros_kept)
-                out.append(row)
-                t = row.get("triton", {})
-                print(f"  {sparsity} {precision} {name:<22} density {info.density_after:.3f} cudnn "
-                      f"{row['cudnn']['ms']:.4f} ms triton {t.get('ms', float('nan')):.4f} ms "
-                      f"({t.get('vs_cudnn', float('nan')):.2f}x of cuDNN, {_variant(t)}) cuda C "
-                      f"{row.get('cuda', {}).get('ms', float('nan')):.4f} ms", flush=True)
-    return out
-
-
-def end_to_end(args, tickets):
-    """(c): dense vs regrouped vs slimmed refill per ticket, batch and precision."""
-    from bench.tickets import build_tickets, end_to_end_gpu
-    out = []
-    for sparsity, (masked, mask, regroup, _) in tickets.items():
-        forms = build_tickets(masked, mask, regroup)
-        for batch in args.batch_sizes:
-            for precision in args.precisions:
-                eager_too = batch == args.batch_sizes[0] and precision == args.precisions[-1]
-                for graphs in (True, False) if eager_too else (True,):
-                    row = end_to_end_gpu(forms, (batch, 3, 32, 32), precision, args.regroup_unit,
-                                         repeats=args.repeats, cuda_graphs=graphs)
-                    row.update(sparsity=sparsity, batch=batch, cuda_graphs=graphs,
-                               regrouped_layers=sum(c == "regrouped" for c in row["choice"].values()),
-                               density={"regrouped": forms["regrouped_mask"].density(),
-                                        "refilled": forms["refilled_mask"].density()})
-                    out.append(row)
-                    v = row["variants"]
-                    print(f"  {sparsity} batch {batch} {precision} graphs {graphs}: dense {v['dense']['ms']:.3f} ms, "
-                          f"regrouped {v['regrouped']['ms']:.3f} ms ({v['regrouped']['speedup']:.2f}x, "
-                          f"{row['regrouped_layers']} layers), slimmed {v['slimmed refill']['ms']:.3f} ms "
-                          f"({v['slimmed refill']['speedup']:.2f}x)", flush=True)
-    return out
-
-
-def training(args):
-    """(d): one epoch of main_imp.py on digits on CUDA, then under torchrun (NCCL)."""
-    runs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        common = ["main_imp.py", "--epochs", "1", "--pruning_times", "1", "--print_freq", "1000"]
-        commands = {"cuda": [sys.executable] + common + ["--gpu", "0", "--save_dir", os.path.join(tmp, "single")],
-                    "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-                                 "1"] + common + ["--save_dir", os.path.join(tmp, "ddp")]}
-        for name, command in commands.items():
-            tic = time.time()
-            proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=240,
-                                  env=dict(os.environ, PYTHONUNBUFFERED="1"))
-            summary = summary_path(command[command.index("--save_dir") + 1])
-            runs[name] = {"returncode": proc.returncode, "seconds": round(time.time() - tic, 1),
-                          "summary_written": os.path.exists(summary), "tail": (proc.stdout + proc.stderr)[-1500:]}
-            if os.path.exists(summary):
-                with open(summary) as f:
-                    saved = json.load(f)
-                runs[name]["device"] = saved.get("environment", {}).get("device")
-                states = saved.get("states", [])
-                runs[name]["test_accuracy"] = states[0].get("test_acc_at_best_val") if states else None
-    failed = [n for n, r in runs.items() if r["returncode"] != 0 or not r["summary_written"]]
-    if failed:
-        raise AssertionError(f"training failed: {failed}: {json.dumps({n: runs[n] for n in failed})[:3000]}")
-    return runs
+def build_sections(args, rehearse):
+    """[(name, Section, work)] of this run."""
+    from bench import gpu_sections as g
+    sizes = g.REHEARSAL if rehearse else g.REAL
+    if args.quick:
+        sizes = g.quick(sizes)
+    precisions = args.precisions or (["fp32"] if rehearse else ["bf16"])
+    if args.quick:
+        precisions = precisions[-1:]
+    limits = deadlines(args)
+    build = None if rehearse else CudaBuild()
+    makers = {"check": lambda: g.check_section(sizes, limits["check"], build),
+              "layers": lambda: g.layers_section(sizes, limits["layers"], precisions, args.regroup_unit),
+              "end_to_end": lambda: g.e2e_section(sizes, limits["end_to_end"], precisions, args.regroup_unit),
+              "training": lambda: g.training_section(sizes, limits["training"])}
+    return [(name, *makers[name]()) for name in SECTIONS if name not in args.skip], sizes, build
 
 
 def markdown(data, args):
     """The report's tables."""
     from bench.gpu import versions_line
-    lines = ["# GPU check", "", versions_line(data["versions"]), ""]
+    from bench.gpu_sections import variant_text
+    lines = ["# GPU check" + (" (CPU rehearsal: tiny sizes, stand-in clock)" if data.get("rehearsal") else ""), "",
+             versions_line(data["versions"]) if "gpu" in data.get("versions", {}) else str(data.get("versions")), ""]
+    for what, why in data.get("not_rehearsed", {}).items():
+        lines.append(f"- not in the rehearsal: {what}: {why}")
     tile = data.get("tile_variant")
     if tile:
-        lines += ["Tile variant smoke check: " + ("passed" if tile["ok"] else
+        lines += ["", "Tile variant smoke check: " + ("passed" if tile["ok"] else
                   "FAILED, so this run used the gather variant only: " + tile["output"][-300:].replace("\n", " ")), ""]
     check = data.get("check", {})
-    if "checks" in check:
-        lines += [f"(a) {check['checks']} kernel checks passed; largest relative errors: "
-                  + ", ".join(f"{p} {e:.1e}" for p, e in check["largest_error"].items()), ""]
-    elif check:
-        lines += [f"(a) FAILED: {check.get('error')}", ""]
-    layers = data.get("layers")
-    if isinstance(layers, list):
-        lines += [f"(b) ResNet-18 (CIFAR) layers, batch {args.layer_batch}, unit {args.regroup_unit}, parts of "
-                  f"~{args.rows_per_part} rows (cn = c_out/{args.rows_per_part}, b2 {args.rows_per_part // 2}, t1 1.5), "
-                  f"CUDA-graph medians of {args.repeats} replays over rotating inputs [p10-p90]; time relative to "
-                  "cuDNN in the same precision (lower is faster); CUDA C runs fp32 (no tensor cores) on NCHW copies.",
-                  "Triton variant: the tuner's choice (gather or tile) and BLOCK_M/warps/stages.",
-                  "", "| ticket | precision | layer | k | density | blocks | cuDNN ms | Triton ms | Triton/cuDNN | "
-                  "Triton variant | CUDA C ms | CUDA C/cuDNN | choice |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    if check.get("rows"):
+        errors = {}
+        for r in check["rows"]:
+            errors[r["precision"]] = max(errors.get(r["precision"], 0.0), r["error"])
+        passed = sum(bool(r.get("ok")) for r in check["rows"])
+        lines += [f"(a) {passed} of {len(check['rows'])} kernel checks passed; largest relative errors: "
+                  + ", ".join(f"{p} {e:.1e}" for p, e in errors.items()), ""]
+    layers = data.get("layers", {}).get("rows")
+    if layers:
+        lines += ["(b) Regrouped layers, unit " + args.regroup_unit + "; parts of the given rows (cn = c_out/rows, "
+                  "b2 rows/2, t1 1.5); CUDA-graph medians over rotating inputs [p10-p90]; Triton's time relative to "
+                  "cuDNN's in the same precision (lower is faster); the variant is the tuner's choice.", "",
+                  "| ticket | precision | layer | k | parts (rows) | density | blocks | cuDNN ms | Triton ms | "
+                  "Triton/cuDNN | Triton variant | choice |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in layers:
             if not r.get("blocks"):
-                lines.append(f"| {r['sparsity']} | {r['precision']} | {r['layer']} | | | 0 | | | | | | | cuDNN (no block) |")
+                lines.append(f"| {r['ticket']} | {r['precision']} | {r['layer']} | | {r['parts_rows']} | | 0 | | | | | "
+                             "cuDNN (no block) |")
                 continue
-            t, c, d = r.get("triton", {}), r.get("cuda", {}), r["cudnn"]
+            t, d = r.get("triton", {}), r["cudnn"]
             choice = "Triton" if t.get("vs_cudnn", 9) < 1 else "cuDNN"
-            lines.append(f"| {r['sparsity']} | {r['precision']} | {r['layer']} | {r['kernel_size']} | {r['density']:.3f} "
-                         f"| {r['blocks']} | {d['ms']:.4f} [{d['p10']:.4f}-{d['p90']:.4f}] | {_ms(t)} | {_ratio(t)} "
-                         f"| {_variant(t)} | {_ms(c)} | {_ratio(c)} | {choice} |")
+            lines.append(f"| {r['ticket']} | {r['precision']} | {r['layer']} | {r['kernel_size']} | {r['parts_rows']} "
+                         f"| {r['density']:.3f} | {r['blocks']} | {d['ms']:.4f} [{d['p10']:.4f}-{d['p90']:.4f}] | "
+                         f"{_ms(t)} | {_ratio(t)} | {variant_text(t)} | {choice} |")
         lines.append("")
-    e2e = data.get("end_to_end")
-    if isinstance(e2e, list):
-        lines += ["(c) ResNet-18 end to end, CIFAR input, channels-last; regrouped = per-layer choice (layers where "
-                  "Triton is slower keep cuDNN); speedup over dense cuDNN in the same precision.", "",
-                  "| ticket | batch | precision | graphs | dense ms | regrouped ms | speedup | layers on Triton | "
-                  "slimmed refill ms | speedup | density regrouped / refilled |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    e2e = data.get("end_to_end", {}).get("rows")
+    if e2e:
+        lines += ["(c) Whole networks, channels-last, every form checked against the model it implements first; "
+                  "speedup over the dense model in the same BatchNorm form, runtime and precision; FLOPs ratio: "
+                  "dense FLOPs over those the form executes.", "",
+                  "| ticket | batch | precision | runtime | form | ms | speedup [p10-p90] | FLOPs ratio | of FLOPs | "
+                  "compile s |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in e2e:
-            v = r["variants"]
-            lines.append(f"| {r['sparsity']} | {r['batch']} | {r['precision']} | {'yes' if r['cuda_graphs'] else 'no'} "
-                         f"| {v['dense']['ms']:.3f} | {v['regrouped']['ms']:.3f} | {v['regrouped']['speedup']:.2f}x "
-                         f"| {r['regrouped_layers']} | {v['slimmed refill']['ms']:.3f} | "
-                         f"{v['slimmed refill']['speedup']:.2f}x | {r['density']['regrouped']:.3f} / "
-                         f"{r['density']['refilled']:.3f} |")
+            speed = "ref" if r.get("speedup") is None else \
+                f"{r['speedup']:.2f}x [{r['speedup_p10']:.2f}-{r['speedup_p90']:.2f}]"
+            share = "" if r.get("speedup") is None else f"{r['speedup'] / r['flops_ratio']:.2f}"
+            compiled = f"{r['compile_s']:.1f}" if r.get("compile_s") else ""
+            lines.append(f"| {r['ticket']} | {r['batch']} | {r['dtype']} | {r['runtime']} | {r['form']} | "
+                         f"{r.get('ms', float('nan')):.3f} | {speed} | {r['flops_ratio']:.2f}x | {share} | {compiled} |")
         lines.append("")
-    train = data.get("training")
-    if isinstance(train, dict) and "error" not in train:
-        lines.append("(d) " + "; ".join(f"{n}: exit {r['returncode']} in {r['seconds']} s, test accuracy "
-                                        f"{r.get('test_accuracy')}" for n, r in train.items()))
-    for name in ("check", "layers", "end_to_end", "training"):
-        if isinstance(data.get(name), dict) and "error" in data[name]:
-            lines.append(f"{name} FAILED: {data[name]['error'][:500]}")
+    train = data.get("training", {}).get("rows")
+    if train:
+        lines += ["(d) Training steps (forward, loss, backward, SGD), random data, AMP on CUDA, channels-last.", "",
+                  "| model | runtime | batch | images/s | step ms [p10-p90] | compile s |", "|---|---|---|---|---|---|"]
+        for r in train:
+            if "smoke" in r:
+                continue
+            compiled = "" if r["compile_s"] is None else f"{r['compile_s']:.1f}"
+            lines.append(f"| {r['model']} | {'compiled' if r['compiled'] else 'eager'} | {r['batch']} | "
+                         f"{r['images_per_s']:.0f} | {r['step_ms']:.2f} [{r['p10_ms']:.2f}-{r['p90_ms']:.2f}] | "
+                         f"{compiled} |")
+        for r in train:
+            if "smoke" in r:
+                lines.append("\nsmoke runs: " + "; ".join(f"{n}: exit {s['returncode']} in {s['seconds']} s, test "
+                                                         f"accuracy {s.get('test_accuracy')}" for n, s in r["smoke"].items()))
+        lines.append("")
+    for name in SECTIONS:
+        section = data.get(name, {})
+        for error in section.get("errors", []):
+            lines.append(f"{name} FAILED ({error['unit']}): {error['error'][:500]}")
+        note = section.get("budget", {}).get("note")
+        if note:
+            lines.append(f"{name}: {note}: " + "; ".join(section["budget"]["skipped"]))
     lines.append(f"\nseconds per section: {data.get('seconds')}")
     return "\n".join(lines) + "\n"
 
@@ -375,42 +295,43 @@ def _ms(t):
     return f"{t['ms']:.4f} [{t['p10']:.4f}-{t['p90']:.4f}]" if "ms" in t else ("failed" if t else "")
 
 
-def _variant(t):
-    c = t.get("config") or {}
-    return f"{c.get('variant', 'gather')} {c['BLOCK_M']}/{c['num_warps']}/{c['num_stages']}" if "BLOCK_M" in c else ""
-
-
 def _ratio(t):
     return f"{t['vs_cudnn']:.2f}" if "vs_cudnn" in t else ""
 
 
 def main(args):
-    if not torch.cuda.is_available():
-        raise InvalidInput("profile/gpu_check.py needs a CUDA GPU, and PyTorch sees none (torch.cuda.is_available() is False)")
+    rehearse = args.rehearse
+    if not rehearse and not torch.cuda.is_available():
+        raise InvalidInput("profile/gpu_check.py needs a CUDA GPU, and PyTorch sees none (torch.cuda.is_available() is "
+                           "False); --rehearse runs it on the CPU")
     if args.tile_smoke:
         return tile_smoke_child()
+    from bench.budget import plan_text
     from bench.gpu import versions, versions_line
+    sections, sizes, build = build_sections(args, rehearse)
+    real_plan = build_sections(args, False)[0] if rehearse else sections
+    plan = plan_text([section for _, section, _ in real_plan])
+    print("\n".join(plan), flush=True)
     os.makedirs(args.out, exist_ok=True)
     report = Report(args.out)
-    report.data["versions"] = versions()
-    report.data["settings"] = vars(args)
-    print(versions_line(report.data["versions"]), flush=True)
-    build = CudaBuild()
-    build.start()
-    if {"check", "layers", "end_to_end"} - set(args.skip):  # the sections that run the Triton kernel
-        report.data["tile_variant"] = tile_smoke()
-    if "check" not in args.skip:
-        report.run("check", check_kernels, build)
-    tickets = make_tickets(args) if {"layers", "end_to_end"} - set(args.skip) else {}
-    if "layers" not in args.skip:
-        report.run("layers", layer_tables, args, tickets, build)
-    if "end_to_end" not in args.skip:
-        report.run("end_to_end", end_to_end, args, tickets)
-    if "training" not in args.skip:
-        report.run("training", training, args)
+    report.data.update(rehearsal=rehearse, plan=plan, settings=vars(args), not_rehearsed=sizes.skipped)
+    report.data["versions"] = versions() if not rehearse else {
+        "torch": torch.__version__, "device": "CPU (rehearsal)", "triton_interpreter": os.environ.get("TRITON_INTERPRET")}
+    print(versions_line(report.data["versions"]) if not rehearse else f"rehearsal on the CPU: {report.data['versions']}",
+          flush=True)
+    if build is not None:
+        build.start()
+    names = [name for name, _, _ in sections]
+    if {"check", "layers", "end_to_end"} & set(names):  # the sections that run the Triton kernel
+        report.data["tile_variant"] = tile_smoke(rehearse)
+    for name, section, work in sections:
+        tic = time.time()
+        report.run_section(name, section, work, rehearse)
+        report.data.setdefault("seconds", {})[name] = round(time.time() - tic, 1)
     from kernels.triton_conv import tuned_configs
     report.data["triton_configs"] = [[str(key), config] for key, config in tuned_configs()]
-    report.data["cuda_build_error"] = build.error if not build.is_alive() else "still building"
+    if build is not None:
+        report.data["cuda_build_error"] = build.error if not build.is_alive() else "still building"
     report.save()
     text = markdown(report.data, args)
     with open(os.path.join(args.out, "report.md"), "w") as f:
@@ -418,6 +339,7 @@ def main(args):
     print(text)
     if report.failed:
         raise InvalidInput(f"{len(report.failed)} section(s) failed: {', '.join(report.failed)} (see {args.out}/report.json)")
+    return report.data
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from pruner.regroup import find_blocks, regroup_layer, regroup_mask
 from pruner.slim import slim
 from utils.errors import InvalidInput
 from app.onnx_export import export_onnx
-from bench.tickets import trained_looking
+from bench.network import trained_looking
 
 EXPORT_ARCHS = ["res18", "res20s", "vgg16_bn", "wrn32", "mobilenet"]
 

@@ -13,7 +13,7 @@ from pruner.mask import Mask
 from pruner.masking import apply_mask
 from kernels.permuted import PermutedBlockConv, PermutedResidualBlock, permuted_model, slot_plan
 from pruner.regroup import regroup_mask
-from bench.tickets import trained_looking
+from bench.network import trained_looking
 
 ARCHS = ["res18", "res20s", "res50", "vgg16_bn", "wrn32", "mobilenet"]
 

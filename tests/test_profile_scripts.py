@@ -278,11 +278,11 @@ def test_gpu_report_names_the_triton_variant_and_the_sweep_reads_variants():
     args = gpu_check.get_args_parser().parse_args(["--out", "unused"])
     assert args.regroup_unit == "channel"
     timing = {"ms": 0.01, "p10": 0.009, "p90": 0.011}
-    row = {"sparsity": 0.98, "precision": "bf16", "layer": "layer3.0.conv2", "kernel_size": 3, "density": 0.25,
-           "blocks": 14, "cudnn": timing, "triton": dict(timing, vs_cudnn=0.5, config={
+    row = {"ticket": "res18 32x32 98%", "precision": "bf16", "layer": "layer3.0.conv2", "kernel_size": 3,
+           "parts_rows": 64, "density": 0.25, "blocks": 14, "cudnn": timing, "triton": dict(timing, vs_cudnn=0.5, config={
                "BLOCK_M": 128, "num_warps": 4, "num_stages": 3, "variant": "tile"})}
-    text = gpu_check.markdown({"versions": {"gpu": "test"}, "layers": [row]}, args)
-    assert "| 0.50 | tile 128/4/3 |" in text and text.count("| Triton |") == 1
+    text = gpu_check.markdown({"versions": {"gpu": "test"}, "layers": {"rows": [row]}}, args)
+    assert "| 0.50 | tile 128/4/3 | Triton |" in text and text.count("| Triton |") == 1
     failed = gpu_check.markdown({"versions": {"gpu": "test"}, "tile_variant": {"ok": False, "output": "CompilationError"}},
                                 args)
     assert "Tile variant smoke check: FAILED, so this run used the gather variant only: CompilationError" in failed

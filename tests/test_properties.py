@@ -19,7 +19,7 @@ from pruner.masking import apply_mask  # noqa: E402
 from pruner.refill import channel_scores, is_channel_wise, kept_channels, refill  # noqa: E402
 from pruner.regroup import blocks_to_mask, find_blocks, regroup  # noqa: E402
 from pruner.slim import slim  # noqa: E402
-from bench.tickets import trained_looking  # noqa: E402
+from bench.network import trained_looking  # noqa: E402
 
 FEW = settings(max_examples=int(os.environ.get("PROPERTY_EXAMPLES", 25)), deadline=None, derandomize=True)
 # 25 examples each in CI (each builds tensors, or a network), the same ones every run; PROPERTY_EXAMPLES=500 tries more

@@ -7,7 +7,7 @@ from torch import nn
 
 from app.config import ImpConfig, RefillConfig, RegroupConfig, TrainConfig
 from app.imp import next_mask
-from bench.tickets import trained_looking
+from bench.network import trained_looking
 from models import build_model
 from models.structure import conv_chains, residual_blocks
 from pruner.mask import Mask

@@ -134,7 +134,8 @@ def test_a_regrouped_network_runs_through_the_kernel():
     from models import build_model
     from pruner.magnitude import global_magnitude_prune
     from pruner.masking import apply_mask, strip_masks
-    from bench.tickets import copied, regroup_by_rows
+    from bench.network import copied
+    from bench.tickets import regroup_by_rows
     torch.manual_seed(0)
     model = build_model("res20s", 10, 3).eval()
     mask = global_magnitude_prune(model, 0.8)

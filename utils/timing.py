@@ -103,6 +103,25 @@ def eager_timings(calls, repeats=50, warmup=3):
                            for name, (fn, inputs) in calls.items()}, repeats, warmup)
 
 
+def host_timings(calls, repeats=50, warmup=1):
+    """As eager_timings for CPU tensors, on the host clock: the stand-in of
+    CUDA events and graphs when a GPU script is rehearsed on the CPU."""
+    def passes(fn, inputs):
+        for x in inputs:
+            fn(x)
+    runners = {name: functools.partial(passes, fn, inputs) for name, (fn, inputs) in calls.items()}
+    samples = alternating_samples(runners, torch.device("cpu"), repeats, warmup)
+    return {name: summary([t / len(calls[name][1]) for t in samples[name]]) for name in calls}
+
+
+def timings(device, cuda_graphs=True):
+    """The timer of {name: (fn, inputs)} calls for `device`: CUDA-graph
+    replays or CUDA events on a GPU, the host clock on the CPU."""
+    if torch.device(device).type != "cuda":
+        return host_timings
+    return graph_timings if cuda_graphs else eager_timings
+
+
 def _event_timings(runners, repeats, warmup):
     """Each runner (a callable making `count` calls) run in turn `repeats`
     times between two CUDA events; stats per call."""
