@@ -48,7 +48,7 @@ def test_recorded_flags_are_the_parsed_flags():
         parsed = vars(args)
         parsed["workers"] = flags["workers"]  # resolved from the machine when not given
         if script is main_imp:  # IMP without --fillback records no refill settings
-            for name in ("criterion", "fillback_rate"):
+            for name in ("criterion", "fillback_rate", "refill_count"):
                 parsed.pop(name)
         if script is main_eval_regroup_retrain:  # a flag the script lacks is recorded at its default
             parsed["export_slim"] = None
