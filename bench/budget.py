@@ -6,8 +6,7 @@ A unit starts only when the seconds its section has spent plus the unit's
 estimate fit the section's deadline; the others are skipped and reported
 as such. On the GPU the spent seconds are the wall clock; in a CPU
 rehearsal they are the estimates of the units done (a stand-in clock), so
-the rehearsal skips exactly what the real run would skip if the estimates
-hold.
+the deadline logic runs there as it will on the GPU.
 
 Estimates come from the last H200 run (2026-11-26, docs/gpu/): per kernel
 check case, per layer row, per end-to-end form, per training smoke run;

@@ -96,15 +96,17 @@ def regroup_by_rows(mask, rows_per_part, unit, t1=1.5, nn=32):
 
 
 def conv_input_shapes(model, input_shape):
-    """{conv name: the shape of its input} for one forward pass of zeros."""
+    """{conv name: the shape of its input}, from one forward pass of one
+    image of zeros (the batch of `input_shape` put back: eval mode keeps
+    images independent, and a ResNet-50 at 224x224 passes in a moment)."""
     shapes, hooks = {}, []
     for name, module in model.named_modules():
         if isinstance(module, torch.nn.Conv2d):
             hooks.append(module.register_forward_hook(
-                lambda m, i, o, name=name: shapes.__setitem__(name, tuple(i[0].shape))))
+                lambda m, i, o, name=name: shapes.__setitem__(name, (input_shape[0],) + tuple(i[0].shape[1:]))))
     try:
         with torch.no_grad():
-            model.eval()(torch.zeros(input_shape))
+            model.eval()(torch.zeros((1,) + tuple(input_shape[1:])))
     finally:
         for h in hooks:
             h.remove()

@@ -23,8 +23,9 @@ context down); if it fails it is switched off for the run.
 under its interpreter, the CPU's convolution for cuDNN's, the host clock
 for CUDA events and graphs, torch.compile with the eager backend (dynamo
 traces; inductor does not run), the CUDA C kernel skipped; the deadlines
-run on a stand-in clock of the GPU estimates, so it skips what the real run
-would. Both write report.json and report.md under --out. Without CUDA and
+run on a stand-in clock that charges each unit its GPU estimate (the
+deadline logic runs as on the GPU; the plan printed is the real run's).
+Both write report.json and report.md under --out. Without CUDA and
 without --rehearse it stops with one line.
 """
 import argparse
