@@ -59,12 +59,17 @@ class DistContext:
             dist.destroy_process_group()
 
 
+def launch_rank():
+    """This process's rank under torchrun (0 without it), known before any process group exists."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def launch_context():
     """A DistContext under torchrun with WORLD_SIZE > 1, else None."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return None
-    rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    rank, local_rank = launch_rank(), int(os.environ.get("LOCAL_RANK", "0"))
     if torch.cuda.is_available():
         torch.cuda.set_device(local_rank)
         device, backend = torch.device(f"cuda:{local_rank}"), "nccl"

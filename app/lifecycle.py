@@ -15,7 +15,7 @@ from typing import Any, Optional
 import torch
 
 from app.datasets import load_dataset, model_for
-from app.distributed import DistContext, launch_context, mask_digest
+from app.distributed import DistContext, launch_context, launch_rank, mask_digest
 from app.report import plot_states, write_summary
 from utils.checkpoint import TEMPORARY_PREFIX, TEMPORARY_SUFFIX, load_file
 from utils.errors import InvalidInput
@@ -31,7 +31,7 @@ def owned_save_dir(train):
     under torchrun; a block inside another of the same folder adds nothing):
     another live run there is refused in one line, before anything is written."""
     key = os.path.realpath(train.save_dir)
-    if int(os.environ.get("RANK", "0")) != 0 or key in _HELD:
+    if launch_rank() != 0 or key in _HELD:
         yield
         return
     with run_folder_lock(train.save_dir):

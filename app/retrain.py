@@ -11,6 +11,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+from app.distributed import launch_rank
 from app.lifecycle import open_run, owned_save_dir, resume_checkpoint
 from app.report import environment, state_record
 from app.training import eval_loader, evaluate as accuracy, train_state
@@ -84,7 +85,7 @@ def retrain(cfg, restructure, export=None):
 
 
 def _export(cfg, export):
-    if export is not None and int(os.environ.get("RANK", "0")) == 0:  # one writer under torchrun
+    if export is not None and launch_rank() == 0:  # one writer under torchrun
         export(cfg)
 
 

@@ -35,7 +35,8 @@ import torch.nn.functional as F
 from app.config import RegroupConfig
 from bench.budget import Section, Unit
 from bench.gpu import DTYPES, apply_precision, relative_error
-from bench.network import dense_forms, generated_dense, generated_ticket, measure, refill_form, regroup_form
+from bench.network import (dense_forms, generated_dense, generated_ticket, json_rows, measure, refill_form,
+                           regroup_form)
 from bench.tickets import (TOLERANCE, check_layer, compare_layer, conv_input_shapes, random_regrouped_layer,
                            regroup_layer_by_rows)
 from bench.training import throughput
@@ -252,8 +253,7 @@ def compile_unit(arch, image, batch, precision, sizes, unit):
 
 
 def _e2e_row(row, arch, image):
-    row = {k: v for k, v in row.items() if k not in ("samples", "per_layer")}
-    row["ticket"] = f"{arch} {image}x{image}"
+    row = {**json_rows([row])[0], "ticket": f"{arch} {image}x{image}"}
     speed = "ref" if row.get("speedup") is None else f"{row['speedup']:.2f}x"
     print(f"  {row['ticket']} batch {row['batch']} {row['dtype']} {row['runtime']:<7} {row['form']:<36} "
           f"{row.get('ms', float('nan')):8.3f} ms {speed:>6} (FLOPs ratio {row['flops_ratio']:.2f}x)"

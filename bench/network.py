@@ -36,6 +36,7 @@ from pruner.magnitude import global_magnitude_prune
 from pruner.masking import apply_mask, load_plain_weights, refresh_masked_weights, strip_masks
 from pruner.refill import refill
 from pruner.slim import slim
+from bench.gpu import DTYPES, PRECISIONS, relative_error
 from utils.errors import InvalidInput
 from utils.flops import masked_flops, model_flops
 from utils.runtime import native_bf16
@@ -182,7 +183,6 @@ def regroup_form(masked, mask, regroup, how, image_shape, example_input=None, re
 def check_dtype(dtype, device):
     """Refuse a dtype this device cannot time fairly, in one line; the header phrase for it."""
     if device.type == "cuda":
-        from bench.gpu import PRECISIONS
         if dtype not in PRECISIONS:
             raise InvalidInput(f"--dtype {dtype}: on a GPU one of {', '.join(PRECISIONS)}")
         return dtype
@@ -198,12 +198,8 @@ def check_dtype(dtype, device):
     return "fp32"
 
 
-def _torch_dtype(dtype):
-    return {"fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
-
-
 def _on(model, device, dtype, memory_format):
-    return copied(model).to(device=device, dtype=_torch_dtype(dtype), memory_format=memory_format).eval()
+    return copied(model).to(device=device, dtype=DTYPES[dtype], memory_format=memory_format).eval()
 
 
 @torch.no_grad()
@@ -216,9 +212,8 @@ def _check(forms, x, device, dtype):
             errors[name] = None
             continue
         if device.type == "cuda":
-            from bench.gpu import relative_error
             expected = copied(form.implements).to(device=device, dtype=torch.float64).eval()(x.double())
-            got = _on(form.model, device, dtype, torch.channels_last)(x.to(_torch_dtype(dtype)))
+            got = _on(form.model, device, dtype, torch.channels_last)(x.to(DTYPES[dtype]))
             errors[name] = relative_error(got, expected)
             limit = GPU_TOLERANCE[dtype]
         else:
@@ -299,6 +294,8 @@ def measure(forms, batches, image_shape, *, runtimes=("torch",), dtype="fp32", r
     errors = _check(forms, probe.to(device).contiguous(memory_format=memory_format), device, "fp32"
                     if device.type == "cpu" else dtype)
     flops = {name: _flops(form, image_shape) for name, form in forms.items()}
+    halves = ({name: _on(form.model, device, "bf16", torch.channels_last) for name, form in forms.items()}
+              if dtype == "bf16" and device.type == "cpu" else {})  # compared with their fp32 selves per batch
     rows = []
     with tempfile.TemporaryDirectory() as folder:
         prepared = {(name, runtime): _Prepared(form, runtime, device, dtype, memory_format, (compile_mode, compile_backend),
@@ -306,7 +303,7 @@ def measure(forms, batches, image_shape, *, runtimes=("torch",), dtype="fp32", r
                     for runtime in runtimes for name, form in forms.items()}
         for batch in batches:
             x = torch.rand(batch, *image_shape, generator=generator).contiguous(memory_format=memory_format)
-            agreement, refused = _bf16_comparison(forms, x, dtype, device)
+            agreement, refused = _bf16_comparison(forms, halves, x)
             live = {key: p for key, p in prepared.items() if key[0] not in refused}
             stats = _time(live, x, device, dtype, repeats, cuda_graphs, memory_format, warmup)
             for (name, runtime), p in prepared.items():
@@ -329,15 +326,13 @@ def measure(forms, batches, image_shape, *, runtimes=("torch",), dtype="fp32", r
     return rows
 
 
-def _bf16_comparison(forms, x, dtype, device):
+def _bf16_comparison(forms, halves, x):
     """({name: bf16 max |diff| and argmax agreement with its fp32 self},
     {name: row fields of a form refused for agreeing on < MIN_AGREEMENT})
-    on the CPU in bf16; empty otherwise."""
-    if dtype != "bf16" or device.type != "cpu":
-        return {}, {}
+    for the forms with a bf16 copy in `halves` (the CPU in bf16)."""
     agreement, refused = {}, {}
-    for name, form in forms.items():
-        diff, share = _bf16_agreement(form.model, _on(form.model, device, "bf16", torch.channels_last), x)
+    for name, half in halves.items():
+        diff, share = _bf16_agreement(forms[name].model, half, x)
         agreement[name] = {"bf16_max_abs_diff": diff, "bf16_argmax_agreement": share}
         if share < MIN_AGREEMENT:
             refused[name] = {**agreement[name], "refused": f"bf16 predictions agree with fp32 on {100 * share:.1f}% "
@@ -354,7 +349,7 @@ def _time(prepared, x, device, dtype, repeats, cuda_graphs, memory_format, warmu
     from bench.gpu import rotating_inputs
     host = {key: p for key, p in prepared.items() if key[1].startswith("onnxruntime")}
     out = _alternating(host, x, "fp32", torch.device("cpu"), repeats, warmup) if host else {}
-    inputs = rotating_inputs(tuple(x.shape), _torch_dtype(dtype), device, memory_format, most=16)
+    inputs = rotating_inputs(tuple(x.shape), DTYPES[dtype], device, memory_format, most=16)
     for runtime in sorted({key[1] for key in prepared} - {key[1] for key in host}):
         calls = {key: (p.call, inputs) for key, p in prepared.items() if key[1] == runtime}
         for key in calls:
@@ -366,7 +361,7 @@ def _time(prepared, x, device, dtype, repeats, cuda_graphs, memory_format, warmu
 
 
 def _alternating(prepared, x, dtype, device, repeats, warmup):
-    inputs = {key: x.float().contiguous() if key[1].startswith("onnxruntime") else x.to(_torch_dtype(dtype))
+    inputs = {key: x.float().contiguous() if key[1].startswith("onnxruntime") else x.to(DTYPES[dtype])
               for key in prepared}
     for key, p in prepared.items():
         p.warm(inputs[key])
