@@ -1,6 +1,7 @@
 """Everything this tool claims about GPUs, checked and timed in one command
-(DESIGN.md §7), under 6 minutes by construction, with nothing to download or
-install; rehearsed on the CPU before any device time is spent.
+(DESIGN.md §7), in about 6 minutes by construction (deadlines and the tile
+check's timeout add up to 6 minutes, start-up on top), with nothing to
+download or install; rehearsed on the CPU before any device time is spent.
 
     python profile/gpu_check.py --rehearse --out runs/rehearsal    # the CPU: every section at tiny sizes, and the plan
     python profile/gpu_check.py --out runs/gpu_check               # a CUDA GPU
