@@ -13,7 +13,9 @@ gathers the input channels before and the output channels after it. Here:
   (models.structure.conv_chains: inside a ResNet branch, between VGG's convs),
   the output stays in slot order and the next conv reads slots instead:
   its input gather is re-indexed (a plain conv's weight columns are moved
-  instead, and it needs no gather at all);
+  instead, and it needs no gather at all, when the slots are no more than
+  its input channels: padded slots would add FLOPs to it, 0.21 MFLOPs net on
+  res20s's layer3.1.conv1 at 16x16, so a wider producer gathers back);
 - where the next layer is a plain conv (a layer kept dense) and the
   consumer is regrouped, the consumer's input gather is folded into the
   producer (it computes the gathered channels directly) when that is no
@@ -39,6 +41,19 @@ from kernels.grouped import channel_blocks
 from pruner.masking import refresh_masked_weights, strip_masks
 from utils.layout import index_add_channels, memory_format_of
 from utils.timing import alternating_medians
+
+MORE_FLOPS_MARGIN = 0.10  # a grouped form that pads to more FLOPs than dense must beat it by this share of dense time
+
+
+def grouped_wins(dense_s, grouped_s, flops_ratio):
+    """The per-layer choice from the layer's two times (seconds) and its
+    dense / grouped FLOPs: grouped when it is no slower, or, where its padded
+    groups execute more FLOPs than the dense convolution (flops_ratio < 1),
+    only when it is faster by MORE_FLOPS_MARGIN (10%, this shared machine's
+    run-to-run noise) — a tie inside the noise must not pick the larger form."""
+    if flops_ratio < 1:
+        return grouped_s <= (1 - MORE_FLOPS_MARGIN) * dense_s
+    return grouped_s <= dense_s
 
 
 def vector_rows():
@@ -185,7 +200,8 @@ def _fold_chain(model, producer_name, consumer_name):
             consumer.in_index = producer.out_index[consumer.in_index]  # out_index: layer channel -> its slot
             if torch.equal(consumer.in_index, torch.arange(producer.slots)):
                 consumer.in_index = None
-        elif isinstance(consumer, nn.Conv2d) and consumer.groups == 1:
+        elif isinstance(consumer, nn.Conv2d) and consumer.groups == 1 and producer.slots <= consumer.in_channels:
+            # a plain consumer reading padded slots would run more FLOPs than it saves a gather: only when no wider
             weight = consumer.weight.new_zeros(consumer.out_channels, producer.slots, *consumer.kernel_size)
             live = producer.slot_rows >= 0
             weight[:, live] = consumer.weight[:, producer.slot_rows[live]]
@@ -213,12 +229,14 @@ def permuted_model(model, cn=8, b2=16, example_input=None, repeats=5, row_multip
     CPU, BatchNorm folded) with every block layer as a PermutedBlockConv and
     the permutations folded as the module docstring says. With
     `example_input`, a layer whose grouped form (with both gathers) times
-    slower than its dense convolution on its real input stays dense. Rows
+    slower than its dense convolution on its real input stays dense
+    (grouped_wins: a grouped form that pads to more FLOPs than dense needs a
+    10% margin). Rows
     per group are padded to `row_multiple` (default: vector_rows()).
     Layers named in `dense_layers` stay dense convolutions.
-    Returns (model, {layer: {"form": "grouped" | "dense (faster)" | "masked dense",
-    "groups", "flops_ratio" (dense / grouped weights), "dense_ms", "grouped_ms"
-    (when timed)}}, folded chains [(producer, consumer)])."""
+    Returns (model, {layer: {"form": "grouped" | "dense (faster)" | "dense (more FLOPs grouped)" | "masked dense",
+    "groups", "flops_ratio" (dense / grouped weights), "dense_ms", "grouped_ms",
+    "dense_mflops", "grouped_mflops" (per image; when timed)}}, folded chains [(producer, consumer)])."""
     refresh_masked_weights(model)
     model = copy.deepcopy(model).cpu().eval()
     masks = {name: m.weight_mask.detach().clone() for name, m in model.named_modules()
@@ -241,11 +259,15 @@ def permuted_model(model, cn=8, b2=16, example_input=None, repeats=5, row_multip
                              "flops_ratio": conv.weight.numel() / grouped.weight.numel()}
         if name in inputs:
             x = inputs[name]
+            pixels = conv(x[:1]).shape[-2:].numel()  # output pixels per image
+            row.update(dense_mflops=2 * pixels * conv.weight.numel() / 1e6,  # per image, a multiply-add = 2 FLOPs
+                       grouped_mflops=2 * pixels * grouped.weight.numel() / 1e6)
             t = alternating_medians({"grouped": lambda: grouped(x), "dense": lambda: conv(x)}, x.device, repeats,
                                     warmup=1)
             row.update(dense_ms=1e3 * t["dense"], grouped_ms=1e3 * t["grouped"])
-            if t["grouped"] > t["dense"]:
-                row["form"] = "dense (faster)"
+            if not grouped_wins(t["dense"], t["grouped"], row["flops_ratio"]):
+                # faster, or grouped ahead by less than the margin its extra FLOPs need
+                row["form"] = "dense (faster)" if t["grouped"] > t["dense"] else "dense (more FLOPs grouped)"
                 continue
         _set(model, name, grouped)
     folded = [(p, c) for p, c in chains if _fold_chain(model, p, c)]

@@ -213,10 +213,28 @@ def test_slim_speed_and_cpu_speed_report_equal_outputs_and_ratios():
 
 
 
+CPU_SPEED_CASE = ["--arch", "res20s", "--batch_size", "4", "--image_size", "16", "--sparsity", "0.9", "--repeats", "1",
+                  "--cn", "auto", "--b2", "4"]
+
+
+def _executed_is_dense_less_grouped_savings(run):
+    """The executed FLOPs are the dense model's less, for each layer run
+    grouped, its dense FLOPs less its grouped FLOPs: folding a permutation
+    adds none (per image, MFLOPs)."""
+    saved = sum(layer["dense_mflops"] - layer["grouped_mflops"] for layer in run["layers"].values()
+                if layer["form"] == "grouped")
+    assert run["executed_mflops"] == pytest.approx(run["dense_mflops"] - saved, rel=1e-9)
+    # the ratio is taken from FLOP counts, the JSON holds them in MFLOPs: equal up to rounding of the division
+    assert run["executed_flops_ratio"] == pytest.approx(run["dense_mflops"] / run["executed_mflops"], rel=1e-12)
+
+
 def test_cpu_speed_runs_every_layer_regrouped_or_faster_dense(tmp_path, cli_error):
+    """A real run: every output checked, the per-layer choice made by
+    kernels.permuted.grouped_wins from the times it recorded, and the executed
+    FLOPs accounted layer by layer whichever way the timings fell."""
+    from kernels.permuted import grouped_wins
     out = tmp_path / "cpu_speed.json"
-    proc = run_script("profile/regroup_conv/cpu_speed.py", "--arch", "res20s", "--batch_size", "4", "--image_size",
-                      "16", "--sparsity", "0.9", "--repeats", "1", "--cn", "auto", "--b2", "4", "--out", out)
+    proc = run_script("profile/regroup_conv/cpu_speed.py", *CPU_SPEED_CASE, "--out", out)
     assert proc.returncode == 0, proc.stderr
     run = json.loads(out.read_text())["runs"][0]
     assert set(run["eager"]["ms"]) == {"dense", "dense, BN folded", "regrouped", "slimmed refill"}
@@ -225,16 +243,77 @@ def test_cpu_speed_runs_every_layer_regrouped_or_faster_dense(tmp_path, cli_erro
     eager = run["eager"]  # speedups paired round by round, inside their spread
     assert eager["speedup_p10"] <= eager["speedup"] <= eager["speedup_p90"] and eager["slimmed_speedup"] > 0
     assert 0.95 < run["share_in_layers_with_blocks"] < 1  # --cn auto: every pruned layer (not the stem, the classifier)
-    grouped = any(layer["form"] == "grouped" for layer in run["layers"].values())
-    # the ratio is taken from FLOP counts, the JSON holds them in MFLOPs: equal up to rounding of the division
-    assert run["executed_flops_ratio"] == pytest.approx(run["dense_mflops"] / run["executed_mflops"], rel=1e-12)
-    assert (run["executed_flops_ratio"] > 1) == grouped  # executed FLOPs: fewer only where grouped layers run
-    for name, layer in run["layers"].items():  # the per-layer choice: the faster form of each layer runs
-        assert layer["form"] in ("grouped", "dense (faster)"), name
-        assert (layer["form"] == "grouped") == (layer["grouped_ms"] <= layer["dense_ms"]), name
+    _executed_is_dense_less_grouped_savings(run)
+    for name, layer in run["layers"].items():
+        assert layer["form"] in ("grouped", "dense (faster)", "dense (more FLOPs grouped)"), name
+        chosen = grouped_wins(layer["dense_ms"], layer["grouped_ms"], layer["flops_ratio"])
+        assert (layer["form"] == "grouped") == chosen, name
     assert "of it | slimmed refill" in proc.stdout and "20/20 layers with blocks" in proc.stdout
     cpu_speed = load_script("profile/regroup_conv/cpu_speed.py")
     assert "got 'abc'" in cli_error(cpu_speed, ["--cn", "abc"])
+
+
+@pytest.mark.parametrize("rows", [8, 16], ids=["AVX2 rows", "AVX-512 rows"])
+@pytest.mark.parametrize("clock", ["grouped 2x faster", "grouped 5% faster", "dense faster"])
+def test_cpu_speed_flops_with_the_per_layer_choice_forced(monkeypatch, clock, rows):
+    """The case of the real run with an injected clock and the rows per
+    group of either vector unit fixed (with 16, res20s's
+    layer3.0.downsample.0 pads to more FLOPs grouped than dense): every
+    layer timed 2x faster grouped runs grouped; 5% faster, only those whose
+    groups execute fewer FLOPs than dense do (a form with more needs a 10%
+    margin), so the executed FLOPs are fewer than dense; dense faster, none
+    does and the executed FLOPs equal dense."""
+    import kernels.permuted
+    times = {"grouped 2x faster": {"grouped": 1.0, "dense": 2.0}, "grouped 5% faster": {"grouped": 0.95, "dense": 1.0},
+             "dense faster": {"grouped": 2.0, "dense": 1.0}}[clock]
+    monkeypatch.setattr(kernels.permuted, "alternating_medians", lambda fns, *a, **k: dict(times))
+    monkeypatch.setattr(kernels.permuted, "vector_rows", lambda: rows)
+    cpu_speed = load_script("profile/regroup_conv/cpu_speed.py")
+    run = cpu_speed.main(cpu_speed.get_args_parser().parse_args(CPU_SPEED_CASE))["runs"][0]
+    layers = run["layers"].values()
+    more_flops = [layer["flops_ratio"] < 1 for layer in layers]
+    assert any(more_flops) == (rows == 16)
+    if clock == "grouped 2x faster":
+        assert all(layer["form"] == "grouped" for layer in layers)
+    elif clock == "grouped 5% faster":
+        assert [layer["form"] for layer in layers] == ["dense (more FLOPs grouped)" if more else "grouped"
+                                                      for more in more_flops]
+        assert run["executed_flops_ratio"] > 1.2
+    else:
+        assert all(layer["form"] == "dense (faster)" for layer in layers)
+        assert run["executed_flops_ratio"] == pytest.approx(1, rel=1e-12)
+    _executed_is_dense_less_grouped_savings(run)
+    assert all(diff < 1e-4 for diff in run["max_abs_diff"].values())
+
+
+def test_a_grouped_form_with_more_flops_than_dense_needs_a_margin():
+    """grouped_wins: no slower is enough where grouping saves FLOPs; where
+    padding makes it execute more, it must be 10% faster."""
+    from kernels.permuted import MORE_FLOPS_MARGIN, grouped_wins
+    assert MORE_FLOPS_MARGIN == 0.10
+    assert grouped_wins(1.0, 1.0, 1.5) and not grouped_wins(1.0, 1.01, 1.5)
+    assert not grouped_wins(1.0, 0.95, 0.9) and not grouped_wins(1.0, 1.0, 0.9) and grouped_wins(1.0, 0.9, 0.9)
+
+
+def test_a_wider_grouped_producer_gathers_back_before_a_dense_consumer():
+    """A grouped layer whose padded slots outnumber its channels, followed
+    by a conv kept dense: the consumer keeps its input width (reading the
+    slots would add FLOPs) and the output still equals the masked model's."""
+    from app.config import RegroupConfig
+    from bench.network import generated_ticket
+    from kernels.permuted import permuted_model
+    from pruner.masking import apply_mask
+    _, masked, mask = generated_ticket("res20s", 0.9)
+    regrouped, _ = RegroupConfig(cn="auto", b2=4, regroup_unit="channel", seed=0).regroup(mask)
+    apply_mask(masked, regrouped)
+    masked.eval()
+    x = torch.rand(2, 3, 16, 16)
+    deployed, layers, folded = permuted_model(masked, "auto", 4, dense_layers=("layer3.1.conv2",))
+    producer, consumer = deployed.layer3[1].convs[0], deployed.layer3[1].convs[1]
+    assert producer.slots > 64 and producer.out_index is not None  # wider than its 64 channels: gathered back
+    assert consumer.in_channels == 64 and ("layer3.1.conv1", "layer3.1.conv2") not in folded
+    with torch.no_grad():
+        assert (deployed(x) - masked(x)).abs().max() < 1e-4
 
 
 def test_gpu_scripts_stop_with_one_line_without_a_gpu(tmp_path):
