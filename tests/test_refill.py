@@ -249,10 +249,12 @@ def test_bad_input(tmp_path, cli_error):
     save = ["--save_dir", str(tmp_path / "out")]
     line = cli_error(main_eval_fillback, ["--mask_dir", str(foreign), "--prune-type", "trained"] + save)
     assert "--mask_dir" in line and "do not fit this architecture" in line
-    line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--criterion", "taylor"] + save)
+    line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--prune-type", "trained", "--criterion", "taylor"]
+                     + save)
     assert "unknown refill criterion 'taylor'; valid: l1, l2, magnitude, remain, saliency" in line
     for rate in ("-0.1", "1.5"):
-        line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--fillback-rate", rate] + save)
+        line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--prune-type", "trained", "--fillback-rate", rate]
+                         + save)
         assert "fill-back rate must be in [0, 1]" in line
     line = cli_error(main_eval_fillback, ["--mask_dir", str(good)] + save)
     assert "--pretrained" in line
@@ -263,7 +265,8 @@ def test_bad_input(tmp_path, cli_error):
                                           "--export_onnx", str(tmp_path / "missing" / "slim.onnx")] + save)
     assert "--export_onnx" in line and "cannot be written" in line
     for bad in ("0", "-3"):
-        line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--round_to", bad] + save)
+        line = cli_error(main_eval_fillback, ["--mask_dir", str(good), "--prune-type", "trained", "--round_to", bad]
+                         + save)
         assert f"--round_to must be a positive whole number of channels (1 = no rounding), got {bad}" in line
     assert not (tmp_path / "out").exists()  # nothing written on bad input
 

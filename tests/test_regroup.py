@@ -212,5 +212,6 @@ def test_script_bad_input(tmp_path, cli_error):
                            (["--round_to", "0", "--regroup_unit", "channel"], "--round_to must be a positive whole"),
                            (["--round_to", "8"], "--round_to 8 rounds whole input channels: use it with --regroup_unit channel"),
                            (["--export_onnx", "/nonexistent/r.onnx", "--save_model"], "--export_onnx '/nonexistent/r.onnx': its folder")):
-        line = cli_error(main_eval_regroup_retrain, argv + ["--mask_dir", "x", "--save_dir", str(tmp_path / "o")])
+        line = cli_error(main_eval_regroup_retrain, argv + ["--mask_dir", "x", "--prune-type", "trained", "--save_dir",
+                                                            str(tmp_path / "o")])
         assert expected in line
