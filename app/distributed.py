@@ -7,10 +7,12 @@ used. Under torchrun:
 - the device is `cuda:LOCAL_RANK` (NCCL) when CUDA exists, else the CPU
   (gloo); `--gpu` is ignored;
 - `--batch_size` stays the global batch: each rank trains on its share of
-  every batch (a DistributedSampler seeded per epoch), so the learning-rate
+  every batch (app.batches.epoch_order: items r, r+W, ... of each global
+  batch of the epoch's permutation, every image once), so the learning-rate
   schedule and the optimisation match a single-process run;
-- evaluation shards the data (rank r takes items r, r+W, ...) and sums the
-  counts, so every rank sees the same accuracies;
+- evaluation splits the data the same way and sums the counts, after every
+  rank has taken rank 0's BatchNorm statistics, so every rank sees the
+  accuracy of the model rank 0 saves;
 - masks are computed on rank 0 and broadcast, so every rank holds the same;
 - only rank 0 writes files and prints; the others wait at barriers.
 """
@@ -39,11 +41,23 @@ class DistContext:
     def barrier(self):
         dist.barrier()
 
-    def sum(self, values):
-        """All-reduce a list of numbers (float64 on the CPU / current device)."""
-        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+    @property
+    def local_world_size(self):
+        """Ranks on this node (torchrun's LOCAL_WORLD_SIZE)."""
+        return int(os.environ.get("LOCAL_WORLD_SIZE", self.world_size))
+
+    def sum_tensor(self, t):
+        """`t` summed over all ranks (a new tensor; no host sync of its own)."""
+        t = t.clone()
         dist.all_reduce(t)
-        return t.tolist()
+        return t
+
+    def broadcast_buffers(self, model):
+        """Rank 0's buffers (BatchNorm statistics) on every rank: each rank's
+        own last steps moved its copy, and what is evaluated must be the
+        model rank 0 saves."""
+        for buffer in model.buffers():
+            dist.broadcast(buffer.data, src=0)
 
     def broadcast_mask(self, mask):
         """Rank 0's mask on every rank (masks are computed once)."""
@@ -89,8 +103,3 @@ def mask_digest(mask):
         h.update(name.encode())
         h.update(mask[name].to(torch.uint8).cpu().numpy().tobytes())
     return h.hexdigest()[:16]
-
-
-def shard(dataset, ctx):
-    """Rank ctx.rank's items r, r+W, ... (no padding: sums stay exact)."""
-    return torch.utils.data.Subset(dataset, range(ctx.rank, len(dataset), ctx.world_size))

@@ -3,7 +3,8 @@ images that a model is built for. Shared by app.datasets (digits and the
 registry) and app.image_datasets (the torchvision readers)."""
 from dataclasses import dataclass
 
-from torch.utils.data import Dataset
+import torch
+from torch.utils.data import Dataset, TensorDataset
 
 
 @dataclass
@@ -22,3 +23,25 @@ class DataSplits:
     val: Dataset
     test: Dataset
     spec: DatasetSpec
+
+
+@dataclass
+class InMemory:
+    """A split held as tensors, which app.batches can keep on the training
+    device: images [N, C, H, W] (uint8, read as /255, or float in [0, 1]),
+    labels [N] int64, and the training augmentation its per-image
+    transforms apply: a random crop of the image size from a copy padded by
+    `crop_padding` zero pixels per side, a horizontal flip with probability
+    1/2 (`flip`)."""
+    images: torch.Tensor
+    labels: torch.Tensor
+    crop_padding: int = 0
+    flip: bool = False
+
+
+class Tensors(TensorDataset):
+    """A TensorDataset of (images, labels) without augmentation, also held `in_memory`."""
+
+    @property
+    def in_memory(self):
+        return InMemory(*self.tensors)

@@ -13,8 +13,11 @@ the plan, the deadlines and the run see the same list.
     per-layer choice, permuted grouped convolutions), checked then timed,
     CIFAR ResNet-18 at batch 1, 64, 256 and ResNet-50 224x224 at batch 64;
     then dense, slimmed and permuted under torch.compile;
-(d) training: images/s of dense and masked ResNet-18 training steps, eager
-    and compiled, and one-epoch main_imp.py smoke runs (CUDA, torchrun).
+(d) training: whole epochs of dense and masked training against the step
+    alone (bench.training.epoch_rows): CIFAR ResNet-18 at batch 128 and 512
+    on synthetic CIFAR through the per-image and device-resident paths,
+    ResNet-50 at 224x224 on synthetic JPEG folders; one-epoch main_imp.py
+    smoke runs (CUDA, torchrun); a compiled masked training step.
 
 `Sizes` holds the shapes of the real run and of the CPU rehearsal: the
 same code at tiny sizes.
@@ -28,6 +31,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +43,10 @@ from bench.network import (dense_forms, generated_dense, generated_ticket, json_
                            regroup_form)
 from bench.tickets import (TOLERANCE, check_layer, compare_layer, conv_input_shapes, random_regrouped_layer,
                            regroup_layer_by_rows)
-from bench.training import throughput
+from app.datasets import model_for
+from bench.training import epoch_rows, epoch_table, synthetic_cifar, synthetic_jpeg_folders, throughput
+from pruner.magnitude import global_magnitude_prune
+from pruner.masking import apply_mask
 from utils.checkpoint import summary_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -67,8 +74,12 @@ class Sizes:
     e2e_kernel: str = "triton"  # the regrouped network's kernel in (c)
     e2e_sparsity: float = 0.8
     compile_batch: int = 64
-    train_batch: int = 128
+    train_batch: int = 128  # the compiled training step's
     train_steps: int = 20
+    epoch_images: int = 10_000  # synthetic CIFAR images an epoch of (d)
+    epoch_batches: tuple = (128, 512)
+    jpeg: Optional[tuple] = ("res50", 224, 128, 1024)  # (d)'s folder dataset: arch, crop, batch, JPEG images of 256x256
+    epoch_repeats: int = 3
     repeats: int = 50
     compile_backend: str = "inductor"
     compile_mode: str = "reduce-overhead"
@@ -85,6 +96,7 @@ REHEARSAL = Sizes(
     layer_tickets=(("res18", 0.98, 4, 2, ("layer1.1.conv1",)), ("res50", 0.8, 16, 1, ("layer1.1.conv2",))),
     e2e=(("res18", 8, (1, 2)), ("res50", 32, (2,))), e2e_kernel="auto",
     compile_batch=2, train_batch=4, train_steps=2, repeats=1, compile_backend="eager", compile_mode=None, device="cpu",
+    epoch_images=32, epoch_batches=(8, 16), jpeg=("res50", 224, 4, 8), epoch_repeats=1,
     skipped={"CUDA C kernel": "it runs on a GPU only (the test suite compiles it with nvcc)",
              "tf32, bf16 in (a)": "Triton's interpreter ignores TF32 and its bf16 dot is wrong",
              "Triton in (c)": "the networks' regrouped layers run RegroupedConv2d's CPU path (the interpreter is "
@@ -97,7 +109,8 @@ def quick(sizes):
     arch, image, batches = sizes.e2e[0]
     return dataclasses.replace(sizes, layer_tickets=sizes.layer_tickets[:1],
                                e2e=((arch, image, (sizes.compile_batch if sizes.compile_batch in batches
-                                                   else batches[-1],)),))
+                                                   else batches[-1],)),),
+                               epoch_batches=sizes.epoch_batches[:1], jpeg=None)
 
 
 # ---- (a) check ----------------------------------------------------------------------------------------------
@@ -294,6 +307,28 @@ def train_unit(masked, compiled, sizes):
     return [result]
 
 
+def epoch_unit(arch, batch, sizes, jpeg=False):
+    """Whole epochs against the step alone (bench.training.epoch_rows), dense
+    and masked (80%): synthetic CIFAR held in memory (per-image and
+    device-resident paths), or ImageNet-style JPEG folders (per-image)."""
+    device = torch.device(sizes.device)
+    with tempfile.TemporaryDirectory() as folder:
+        if jpeg:
+            data = synthetic_jpeg_folders(folder, sizes.jpeg[3], 256)
+        else:
+            data = synthetic_cifar(sizes.epoch_images)
+        models = {"dense": model_for(arch, data.spec)}
+        masked = model_for(arch, data.spec)
+        apply_mask(masked, global_magnitude_prune(masked, sizes.e2e_sparsity))
+        models["masked (80%)"] = masked
+        rows = epoch_rows(models, data, batch, device, repeats=sizes.epoch_repeats, amp=True, ceiling_steps=sizes.train_steps,
+                          say=lambda line: print(line, flush=True))
+    shape = f"{arch} {data.spec.image_size}x{data.spec.image_size} batch {batch}"
+    print("\n".join([f"  epochs of {shape} ({len(data.train)} images):"] + epoch_table(rows)), flush=True)
+    return [{"epoch": True, "ticket": shape, "dataset": "synthetic JPEG folders" if jpeg else "synthetic CIFAR",
+             **row} for row in rows]
+
+
 def smoke_runs(sizes):
     """main_imp.py for one epoch on digits on the device, then under torchrun (NCCL on a GPU, gloo on the CPU)."""
     runs = {}
@@ -327,11 +362,16 @@ def smoke_runs(sizes):
 def training_section(sizes, deadline):
     image = sizes.e2e[0][1]
     shape = f"res18 {image}x{image} batch {sizes.train_batch}, AMP, channels-last"
-    # What IMP runs first (masked steps, eager and compiled), the smoke runs, then the dense model compiled.
-    work = [(Unit(f"dense {shape}, eager", "train eager"), functools.partial(train_unit, False, False, sizes)),
-            (Unit(f"masked {shape}, eager", "train eager"), functools.partial(train_unit, True, False, sizes)),
-            (Unit(f"masked {shape}, torch.compile", "compile train"), functools.partial(train_unit, True, True, sizes)),
-            (Unit("main_imp.py one epoch on the device, and under torchrun", "smoke runs"),
-             functools.partial(smoke_runs, sizes)),
-            (Unit(f"dense {shape}, torch.compile", "compile train"), functools.partial(train_unit, False, True, sizes))]
-    return Section("d", "training throughput and smoke runs", deadline, [u for u, _ in work]), work
+    # Whole epochs first (what an IMP run spends its GPU hours on), then the smoke runs, then a compiled step.
+    work = [(Unit(f"res18 32x32 batch {batch}, {sizes.epoch_images} synthetic CIFAR images: step alone, per-image "
+                  "and device-resident epochs, dense and masked", "train epochs"),
+             functools.partial(epoch_unit, "res18", batch, sizes)) for batch in sizes.epoch_batches]
+    if sizes.jpeg is not None:
+        arch, crop, batch, count = sizes.jpeg
+        work.append((Unit(f"{arch} {crop}x{crop} batch {batch}, {count} synthetic JPEGs in folders: step alone and "
+                          "per-image epochs, dense and masked", "train epochs 224"),
+                     functools.partial(epoch_unit, arch, batch, sizes, True)))
+    work += [(Unit("main_imp.py one epoch on the device, and under torchrun", "smoke runs"),
+              functools.partial(smoke_runs, sizes)),
+             (Unit(f"masked {shape}, torch.compile", "compile train"), functools.partial(train_unit, True, True, sizes))]
+    return Section("d", "training: whole epochs against the step, smoke runs", deadline, [u for u, _ in work]), work

@@ -64,6 +64,25 @@ def ddp_run(tmp_path_factory):
     return save, out, err
 
 
+def test_ddp_evaluation_is_that_of_rank_0s_checkpoint_alone(ddp_run):
+    """Every rank evaluates with rank 0's BatchNorm statistics: the accuracy
+    the run reports for its last epoch is what rank 0's checkpoint scores
+    evaluated in one process."""
+    from app.batches import DeviceBatches
+    from app.training import evaluate
+    from models import build_model
+    from pruner.masking import load_weights
+    save, _, _ = ddp_run
+    data = load_dataset("digits", "")
+    ck = load_file(str(save / "2checkpoint.pth.tar"))
+    model = build_model("res20s", 10, 1, data.spec.mean, data.spec.std)
+    load_weights(model, ck["state_dict"])
+    cpu = torch.device("cpu")
+    for split, key in ((data.val, "val_acc"), (data.test, "test_acc")):
+        alone = evaluate(model, DeviceBatches(split.in_memory, 128, cpu, train=False), cpu)
+        assert alone == pytest.approx(ck["result"][key][-1], abs=1e-9), key
+
+
 def test_two_ranks_hold_identical_masks_and_write_one_set_of_files(ddp_run):
     save, out, err = ddp_run
     digests = re.findall(r"rank (\d): state (\d) mask ([0-9a-f]+)", err)

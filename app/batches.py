@@ -1,0 +1,213 @@
+"""Feeding the training loop and evaluation: one interface, two paths.
+
+- `epoch_order`: the images of one epoch as batches of indices: a permutation
+  drawn from the epoch's seed (or the stored order, for evaluation) cut into
+  global batches of --batch_size; under torchrun rank r takes items r, r+W,
+  ... of every global batch, and a last global batch with fewer images than
+  ranks joins the one before, so every image is seen exactly once an epoch
+  and no rank gets an empty batch.
+- `DeviceBatches`, the default for datasets held in memory (digits,
+  CIFAR-10/100: `app.splits.InMemory`): the split's images (uint8) and labels
+  are moved to the training device once; each batch is gathered there, and
+  the training split's random crop (zero padding, offsets uniform over the
+  2p+1 positions of each axis) and horizontal flip (probability 1/2) are
+  drawn per image for the whole epoch from its seed, on the CPU so that every
+  device draws the same, then applied to the batch as tensor ops. Nothing in
+  an epoch waits for the host.
+- `LoaderBatches`: torch's DataLoader over the per-image transforms (folder
+  datasets, and in-memory ones with --per_image, the reference the device
+  path is tested against), its workers persisting across the epochs of a
+  training state, pinned memory and prefetching on CUDA. Each item's
+  augmentation is seeded from (epoch seed, image index), so an image comes
+  out the same whichever worker, and however many workers, took it, and a
+  resumed run draws what an uninterrupted one drew.
+
+Both: `set_epoch(seed)` before an epoch, `len()`, and iteration yields
+(images float in [0, 1], labels) on the device (channels-last on CUDA).
+"""
+import os
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset
+
+from app.splits import InMemory
+
+PREFETCH_BATCHES = 4  # per loader worker: a few batches ahead absorbs the spread of JPEG decode times
+
+
+def usable_cores():
+    """CPU cores this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def default_workers(device, local_ranks=1):
+    """--workers when not given, for the per-image path. On CUDA every core
+    this process may use, shared among the ranks of the node: decoding and
+    augmenting a 224x224 JPEG costs a core about 2-3 ms (~400 images/s),
+    while one H100/H200 trains ResNet-50 at ~3,000 images/s, so a GPU needs
+    8 or more cores and no machine has too many. On the CPU, 1: the model's
+    own threads need the cores, and one worker decodes far faster than a
+    CPU trains."""
+    if device.type != "cuda":
+        return 1
+    return max(1, usable_cores() // max(1, local_ranks))
+
+
+def epoch_order(n, batch_size, seed=None, rank=0, world=1):
+    """[index tensor per batch] of one epoch for `rank` of `world`: a
+    permutation seeded by `seed` (None: 0..n-1 in order) in global batches of
+    `batch_size`, rank r taking positions r, r+W, ... of each."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if seed is not None else torch.arange(n)
+    bounds = list(range(0, n, batch_size)) + [n]
+    if world > 1 and len(bounds) > 2 and bounds[-1] - bounds[-2] < world:
+        del bounds[-2]  # a last global batch too small to give every rank an image joins the one before
+    return [order[start:end][rank::world] for start, end in zip(bounds, bounds[1:])]
+
+
+def crop_flip_draws(n, padding, flip, seed):
+    """(offsets [n, 2] int64 in 0..2*padding: top and left of each image's
+    crop in its padded copy, flips [n] bool) for the n images of a split,
+    drawn on the CPU from `seed` (uniform offsets, flips with probability 1/2,
+    independently per image)."""
+    generator = torch.Generator().manual_seed(seed)
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    flips = torch.randint(0, 2, (n,), generator=generator).bool() if flip else torch.zeros(n, dtype=torch.bool)
+    return offsets, flips
+
+
+def crop_flip(images, offsets, flips, padding):
+    """A batch [B, C, H, W] (any dtype) cropped back to H x W from its copy
+    padded by `padding` zero pixels per side, at `offsets` [B, 2] (top, left),
+    then mirrored left-right where `flips` [B]: torchvision's
+    RandomCrop(size, padding) and RandomHorizontalFlip for given draws. One
+    gather: each output pixel's place in the padded image, the flip folded
+    into the column it reads."""
+    b, c, h, w = images.shape
+    if padding:
+        images = F.pad(images, (padding, padding, padding, padding))
+    device = images.device
+    rows = offsets[:, 0:1] + torch.arange(h, device=device)  # [B, H]
+    cols = torch.arange(w, device=device).expand(b, w)
+    cols = torch.where(flips.view(b, 1), w - 1 - cols, cols) + offsets[:, 1:2]  # [B, W]
+    index = (rows.view(b, h, 1) * (w + 2 * padding) + cols.view(b, 1, w)).view(b, 1, h * w).expand(b, c, h * w)
+    return images.flatten(2).gather(2, index).view(b, c, h, w)
+
+
+def as_input(images, device):
+    """Float images in [0, 1] as the model takes them: uint8 / 255 (what
+    torchvision's ToTensor computes), channels-last on CUDA."""
+    if images.dtype == torch.uint8:
+        images = images.float().div_(255)
+    if device.type == "cuda":
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images
+
+
+class DeviceBatches:
+    """Batches of an InMemory split gathered and augmented on `device` (module docstring)."""
+
+    path = "device-resident"
+
+    def __init__(self, memory, batch_size, device, train, rank=0, world=1):
+        self.images, self.labels = memory.images.to(device), memory.labels.to(device)
+        self.padding, self.flip = (memory.crop_padding, memory.flip) if train else (0, False)
+        self.batch_size, self.device, self.train, self.rank, self.world = batch_size, device, train, rank, world
+        self.seed = 0
+
+    def set_epoch(self, seed):
+        self.seed = seed
+
+    def __len__(self):
+        return len(epoch_order(len(self.labels), self.batch_size, None, self.rank, self.world))
+
+    def draws(self):
+        """(crop offsets, flips) of every image of the split this epoch (crop_flip_draws)."""
+        return crop_flip_draws(len(self.labels), self.padding, self.flip, self.seed ^ 0x5EED)
+
+    def __iter__(self):
+        n = len(self.labels)
+        batches = epoch_order(n, self.batch_size, self.seed if self.train else None, self.rank, self.world)
+        sizes = [len(b) for b in batches]
+        order = torch.cat(batches).to(self.device)  # one copy an epoch; the batches are slices of it
+        augment = self.padding or self.flip
+        if augment:
+            offsets, flips = (t.to(self.device) for t in self.draws())
+        for index in order.split(sizes):
+            images = self.images.index_select(0, index)
+            if augment:
+                images = crop_flip(images, offsets.index_select(0, index), flips.index_select(0, index), self.padding)
+            yield as_input(images, self.device), self.labels.index_select(0, index)
+
+
+def item_seed(epoch_seed, index):
+    """The seed of one image's augmentation in one epoch (a 63-bit mix of the two)."""
+    return (int(epoch_seed) * 6364136223846793005 + int(index) * 1442695040888963407 + 1) % (2**63 - 1)
+
+
+class SeededItems(Dataset):
+    """`dataset`, indexed by (index, epoch seed): each item's random
+    transforms draw from torch's CPU generator seeded by item_seed, whose
+    state is put back afterwards so the caller's stream is untouched."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        generator = torch.default_generator  # the CPU generator torchvision's transforms draw from
+        state = generator.get_state()  # 3 us with the reseed; torch.manual_seed in a fork_rng costs 200 us
+        try:
+            generator.manual_seed(item_seed(seed, index))
+            return self.dataset[index]
+        finally:
+            generator.set_state(state)
+
+
+class _EpochBatches:
+    """A batch sampler of (index, epoch seed) lists in epoch_order."""
+
+    def __init__(self, n, batch_size, train, rank, world):
+        self.n, self.batch_size, self.train, self.rank, self.world = n, batch_size, train, rank, world
+        self.seed = 0
+
+    def __len__(self):
+        return len(epoch_order(self.n, self.batch_size, None, self.rank, self.world))
+
+    def __iter__(self):
+        for batch in epoch_order(self.n, self.batch_size, self.seed if self.train else None, self.rank, self.world):
+            yield [(i, self.seed) for i in batch.tolist()]
+
+
+class LoaderBatches:
+    """A DataLoader over the per-image transforms (module docstring)."""
+
+    def __init__(self, dataset, batch_size, device, train, workers, rank=0, world=1):
+        self.sampler = _EpochBatches(len(dataset), batch_size, train, rank, world)
+        self.device, self.workers = device, workers
+        self.path = f"per-image (DataLoader, {workers} worker{'s' if workers != 1 else ''})"
+        self.loader = DataLoader(SeededItems(dataset), batch_sampler=self.sampler, num_workers=workers,
+                                 persistent_workers=workers > 0, pin_memory=device.type == "cuda",
+                                 prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
+                                 generator=torch.Generator().manual_seed(0))  # its worker seeds: not the global RNG
+
+    def set_epoch(self, seed):
+        self.sampler.seed = seed
+
+    def __len__(self):
+        return len(self.sampler)
+
+    def __iter__(self):
+        for images, labels in self.loader:
+            yield as_input(images.to(self.device, non_blocking=True), self.device), labels.to(self.device, non_blocking=True)
+
+
+def batches(dataset, batch_size, device, train, workers, per_image=False, rank=0, world=1):
+    """DeviceBatches for a split held in memory (unless `per_image`), else LoaderBatches."""
+    memory = getattr(dataset, "in_memory", None)
+    if isinstance(memory, InMemory) and not per_image:
+        return DeviceBatches(memory, batch_size, device, train, rank, world)
+    return LoaderBatches(dataset, batch_size, device, train, workers, rank, world)
