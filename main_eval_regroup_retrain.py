@@ -2,7 +2,7 @@
 
 Reads the ticket's mask from --mask_dir, regroups every masked convolution
 (hypergraph partition of its rows into --cn parts, then the dense block of
-each part; DESIGN.md §5), resets the weights to the rewind point of
+each part; docs/design.md §5), resets the weights to the rewind point of
 --pretrained and retrains. Prints and saves per layer: blocks, density
 before/after, share of the original nonzeros kept, and the FLOPs report.
 With --save_model, --export_onnx writes the retrained ticket as ONNX. The

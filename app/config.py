@@ -18,9 +18,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from app.datasets import dataset_names, make_loader
+import torch
+
+from app.datasets import dataset_names, make_loader, model_for
 from app.flags import FlagConfig, flag
+from app.recipes import RecipeChoice
 from models import model_names
+from pruner.controls import random_mask_like
 from pruner.partition import PARTITIONERS
 from pruner.refill import (check_refill_args, criterion_names, format_refill_report, needs_batch, refill_layers,
                            refill_layers_report, refilled_mask)
@@ -29,10 +33,17 @@ from utils.checkpoint import TRUST_HELP
 from utils.errors import InvalidInput
 
 
-def usable_cores():
-    """CPU cores this process may run on (its affinity mask where the OS has one):
-    more loader processes than that only contend (PyTorch warns above it)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+def creatable_file(path):
+    """Whether a file can be written at `path` later in the run: it is not a
+    folder, and the nearest folder above it that exists is writable (the
+    missing ones between are created when it is written)."""
+    path = os.path.abspath(path)
+    if os.path.isdir(path):
+        return False
+    folder = os.path.dirname(path)
+    while not os.path.exists(folder):
+        folder = os.path.dirname(folder)
+    return os.path.isdir(folder) and os.access(folder, os.W_OK)
 
 
 def parse_milestones(text):
@@ -45,48 +56,76 @@ def parse_milestones(text):
 
 @dataclass(frozen=True)
 class TrainConfig(FlagConfig):
-    """How one model is trained, and where the run lives."""
+    """How one model is trained, and where the run lives. Its recipe flags
+    default to --dataset's training recipe on the command line (app.recipes);
+    built in Python, to digits'."""
     data: str = flag("datasets", "dataset location (unused for digits)", "general")
     dataset: str = flag("digits", f"one of: {', '.join(dataset_names())}", "general")
     download: bool = flag(False, "fetch cifar10/cifar100 into --data when its files are missing (the official "
                                  "archive, md5-checked)", "general")
+    split_file: Optional[str] = flag(None, "tiny-imagenet's train/validation split: a permutation of the training "
+                                           "images' indices (.npy, read without pickle, e.g. the original code's "
+                                           "npy_files/tiny-imagenet-train-val.npy, or a JSON list); the first 90%% "
+                                           "train, the rest validate (default: the stored split)", "general",
+                                     metavar="FILE")
     arch: str = flag("res20s", f"one of: {', '.join(model_names())}", "general")
     seed: int = flag(1, "seed of weights, data order and augmentation", "general", type=int)
     save_dir: str = flag("runs/imp", "where checkpoints, summary.json and plots go", "general")
     gpu: Optional[int] = flag(None, "CUDA device index (CPU when CUDA is absent)", "general", type=int)
-    workers: Optional[int] = flag(None, "data-loading processes (default: 0 for digits, else the CPU cores this "
-                                        "process may use, at most 4)", "general", type=int)
+    workers: Optional[int] = flag(None, "data-loading processes of the per-image path (default: on CUDA every core "
+                                        "this process may use, shared among a node's ranks; on the CPU 1)",
+                                  "general", type=int)
+    per_image: bool = flag(False, "feed in-memory datasets (digits, CIFAR) through the per-image DataLoader path "
+                                  "instead of batches gathered and augmented on the device (the reference path)",
+                           "general")
     amp: bool = flag(True, "disable mixed precision on CUDA", "general", flags=("--no_amp",))
+    amp_dtype: str = flag("auto", "autocast dtype on CUDA: auto = bf16 where the GPU has it (no gradient scaler), "
+                                  "else fp16 with a scaler", "general", choices=["auto", "bf16", "fp16"])
     batch_size: int = flag(128, "images per batch (the global batch under torchrun)", "training", type=int)
     lr: float = flag(0.1, "initial learning rate", "training", type=float)
     momentum: float = flag(0.9, "SGD momentum", "training", type=float)
     weight_decay: float = flag(5e-4, "SGD weight decay", "training", type=float)
     epochs: int = flag(15, "epochs per IMP state / retraining run", "training", type=int)
     warmup: int = flag(0, "epochs of linear learning-rate warm-up", "training", type=int)
+    warmup_unit: str = flag("epoch", "the warm-up raises the rate once an epoch or at every iteration (the "
+                                     "original code's CIFAR scripts)", "training", choices=["epoch", "iteration"])
     print_freq: int = flag(50, "batches between progress lines (logs without a TTY)", "training", type=int)
-    decreasing_lr: Optional[str] = flag(None, "comma-separated epochs where the lr drops 10x "
-                                              "(default: 50%% and 75%% of --epochs)", "training")
+    decreasing_lr: Optional[str] = flag(None, "comma-separated epochs where the lr drops 10x", "training")
     pretrained: Optional[str] = flag(None, "checkpoint with the weights to start from / rewind to", "ticket")
     conv1: bool = flag(False, "prune the stem convolution too", "ticket")
     fc: bool = flag(False, "accepted for the original command lines; the classifier is never pruned", "ticket")
     resume: bool = flag(False, "continue the run in --save_dir", "ticket")
     checkpoint: Optional[str] = flag(None, "checkpoint to resume from (default: the latest in --save_dir)", "ticket")
     trust_checkpoint: bool = flag(False, TRUST_HELP, "ticket")
+    recipe_given: tuple = ()  # the recipe flags given on the command line (the others came from the recipe)
+
+    recipe_fields = ("epochs", "lr", "decreasing_lr", "weight_decay", "batch_size", "warmup", "warmup_unit")
+
+    @classmethod
+    def from_args(cls, args, **given):
+        return super().from_args(args, **{"recipe_given": cls.recipe_flags_given(args), **given})
 
     def __post_init__(self):
         if self.dataset not in dataset_names():
             raise InvalidInput(f"unknown --dataset '{self.dataset}'; valid: {', '.join(dataset_names())}")
         if self.arch not in model_names():
             raise InvalidInput(f"unknown --arch '{self.arch}'; valid: {', '.join(model_names())}")
-        if self.workers is None:
-            object.__setattr__(self, "workers", 0 if self.dataset == "digits" else min(4, usable_cores()))
-        if self.workers < 0:
+        if self.split_file and self.dataset != "tiny-imagenet":
+            raise InvalidInput(f"--split_file splits tiny-imagenet's training images; --dataset {self.dataset} has "
+                               "its own fixed split")
+        if self.split_file and not os.path.isfile(self.split_file):
+            raise InvalidInput(f"--split_file '{self.split_file}' not found")
+        if self.workers is not None and self.workers < 0:
             raise InvalidInput(f"--workers must be 0 or more, got {self.workers}")
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise InvalidInput(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.lr <= 0:
             raise InvalidInput(f"--lr must be positive, got {self.lr}")
+        ranks = int(os.environ.get("WORLD_SIZE", "1"))  # torchrun's, known before any process group exists
+        if self.batch_size % ranks:
+            raise InvalidInput(f"--batch_size {self.batch_size} is the global batch and must split evenly over the "
+                               f"{ranks} torchrun ranks (a multiple of {ranks})")
         if self.decreasing_lr:
             parse_milestones(self.decreasing_lr)
 
@@ -190,6 +229,48 @@ class RegroupConfig(FlagConfig):
         return new_mask, {name: layer_summary(info) for name, info in infos.items()}
 
 
+CONTROLS = ("random_pruning", "random_reinit")
+REINIT_SEED_OFFSET = 1_000_003  # fresh weights of random_reinit: drawn from --seed + this, not the ticket's init
+
+
+@dataclass(frozen=True)
+class ControlConfig(FlagConfig):
+    """A control of a lottery ticket, retrained like the ticket itself:
+    random pruning (each layer keeps as many weights as the ticket, at random
+    positions drawn from --seed) or random reinitialisation (the ticket's
+    mask over fresh weights drawn from --seed)."""
+    control: str = flag("random_pruning", "random_pruning: the ticket's per-layer sparsity at random positions; "
+                                          "random_reinit: the ticket's mask, fresh random weights", "control",
+                        choices=CONTROLS)
+    seed: int = 1
+
+    @classmethod
+    def from_args(cls, args, **given):
+        return super().from_args(args, **{"seed": getattr(args, "seed", cls.seed), **given})
+
+    @property
+    def name(self):
+        return self.control.replace("_", " ")
+
+    def apply(self, model=None, mask=None, data=None, train=None):
+        """(the control's mask, per-layer report) of the ticket's `mask`."""
+        new_mask = random_mask_like(mask, self.seed) if self.control == "random_pruning" else mask
+        layers = {name: {"density": float(m.mean()), "kept": int(m.count_nonzero()),
+                         "same_positions": float((m * new_mask[name]).sum() / max(1.0, float(m.sum())))}
+                  for name, m in mask.items()}
+        print(f"{self.name}: {len(mask)} layers, every layer keeps the ticket's {100 * mask.density():.2f}% of its "
+              "weights" + (" at random positions" if self.control == "random_pruning" else ", weights drawn anew"))
+        return new_mask, layers
+
+    def start_weights(self, weights, train, spec):
+        """The weights retraining starts from: fresh ones for random_reinit,
+        `weights` (the ticket's rewind point) otherwise."""
+        if self.control != "random_reinit":
+            return weights
+        torch.manual_seed(self.seed + REINIT_SEED_OFFSET)
+        return {k: v.detach().clone() for k, v in model_for(train.arch, spec).state_dict().items()}
+
+
 @dataclass(frozen=True)
 class ImpConfig(FlagConfig):
     """Iterative magnitude pruning with rewinding; with `refilling` or
@@ -202,6 +283,9 @@ class ImpConfig(FlagConfig):
     rewind_epoch: int = flag(3, "rewind_lt: epochs of state 0 before the rewind point", "IMP", type=int)
     refilling: Optional[RefillConfig] = None
     regrouping: Optional[RegroupConfig] = None
+    recipe_given: tuple = ()
+
+    recipe_fields = ("rewind_epoch", "prune_type", "pruning_times")
 
     def __post_init__(self):
         if not 0.0 < self.rate < 1.0:
@@ -210,6 +294,9 @@ class ImpConfig(FlagConfig):
             raise InvalidInput(f"--pruning_times must be at least 1, got {self.pruning_times}")
         if self.refilling is not None and self.regrouping is not None:
             raise InvalidInput("--fillback and --regroup are two different post-processings: choose one")
+        if self.init and not os.path.exists(self.init) and not creatable_file(self.init):
+            raise InvalidInput(f"--init '{self.init}' does not exist and cannot be created there (a folder, or "
+                               "under a file or a folder this user cannot write)")
         if self.prune_type == "pt" and not self.train.pretrained:
             raise InvalidInput("--prune_type pt rewinds to --pretrained weights: give --pretrained <checkpoint>")
         if self.prune_type == "rewind_lt" and self.rewind_epoch < 0:
@@ -239,10 +326,15 @@ class ImpConfig(FlagConfig):
             raise InvalidInput(f"--refill_count {args.refill_count} counts what --fillback keeps: add --fillback")
         return super().from_args(args, train=TrainConfig.from_args(args),
                                  refilling=RefillConfig.from_args(args) if args.fillback else None,
-                                 regrouping=RegroupConfig.from_args(args) if args.regroup else None, **given)
+                                 regrouping=RegroupConfig.from_args(args) if args.regroup else None,
+                                 recipe_given=cls.recipe_flags_given(args), **given)
 
     def flags(self):
         return {**super().flags(), "fillback": self.refilling is not None, "regroup": self.regrouping is not None}
+
+    def recipe_record(self):
+        """summary.json's "recipe": --dataset's recipe and the flags that overrode it."""
+        return RecipeChoice(self.train.dataset, self.train.recipe_given + self.recipe_given).record(self.flags())
 
     @property
     def post_processing(self):
@@ -278,6 +370,9 @@ class RetrainConfig(FlagConfig):
         if not self.evaluate and not self.mask_dir:
             raise InvalidInput("--mask_dir <checkpoint with masks> is required (e.g. a main_imp.py "
                                "{i}checkpoint.pth.tar)")
+        if not self.evaluate and self.prune_type != "trained" and not self.train.pretrained:
+            raise InvalidInput(f"--prune-type {self.prune_type} retrains from --pretrained: give --pretrained "
+                               "<checkpoint> (or --prune-type trained)")
         for name in ("export_slim", "export_onnx"):
             path = getattr(self, name)
             if not path:
@@ -285,6 +380,8 @@ class RetrainConfig(FlagConfig):
             if not (self.save_model or self.evaluate):
                 raise InvalidInput(f"--{name} needs the retrained weights: add --save_model "
                                    "(or use --evaluate --checkpoint)")
+            if os.path.isdir(path):
+                raise InvalidInput(f"--{name} '{path}' is a folder: expected the file to write")
             folder = os.path.dirname(os.path.abspath(path))
             if folder != os.path.abspath(self.train.save_dir) and not (os.path.isdir(folder)
                                                                        and os.access(folder, os.W_OK)):
@@ -298,3 +395,7 @@ class RetrainConfig(FlagConfig):
     @classmethod
     def from_args(cls, args, **given):
         return super().from_args(args, train=TrainConfig.from_args(args), **given)
+
+    def recipe_record(self):
+        """summary.json's "recipe": --dataset's recipe (its training part) and the flags that overrode it."""
+        return RecipeChoice(self.train.dataset, self.train.recipe_given).record(self.flags())

@@ -9,11 +9,17 @@ the model (`models.normalize`), so `spec.mean`/`spec.std` travel with it.
   `<data>/cifar-10-batches-py` (`cifar-100-python`), read without running
   code (app.cifar); validation is the last 5,000 training images, so
   training uses 45,000; test is the test batch. `download=True` fetches it.
-- tiny-imagenet: `<data>/train/<wnid>/images/*.JPEG`, validation from
-  `<data>/val/val_annotations.txt` (or a `val/<wnid>/` folder tree); the
-  validation set is also the test set (its labels are the public ones).
-- imagenet: ImageFolder layout `<data>/train/<wnid>/*`, `<data>/val/<wnid>/*`;
-  validation is also the test set.
+  Both are held in memory (app.splits.InMemory: app.batches keeps them on
+  the training device).
+- tiny-imagenet: `<data>/train/<wnid>/images/*.JPEG`: 90,000 train and
+  10,000 validate (a fixed split stored in app/tiny_imagenet_split.json, or
+  the permutation of --split_file, e.g. the original code's .npy); the
+  official `<data>/val/` (val_annotations.txt or a `val/<wnid>/` tree) tests.
+- imagenet: ImageFolder layout `<data>/train/<wnid>/*`, `<data>/val/<wnid>/*`:
+  10 training images per class (fixed by their names' hashes) validate, the
+  official val/ tests.
+No split is both validation and test: the epoch a run keeps is chosen on
+data it is not tested on.
 """
 import gzip
 import importlib.util
@@ -22,9 +28,7 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import TensorDataset
-
-from app.splits import DatasetSpec, DataSplits  # noqa: F401 (re-exported: callers name them from here)
+from app.splits import DatasetSpec, DataSplits, Tensors  # noqa: F401 (re-exported: callers name them from here)
 from models import build_model
 from utils.errors import InvalidInput
 
@@ -47,7 +51,7 @@ def digits_arrays():
     return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
 
 
-def _digits(root, download=False):
+def _digits(root, download=False, split_file=None):
     images, labels = digits_arrays()
     images = torch.tensor(images, dtype=torch.float32).unsqueeze(1) / 16.0  # pixel values 0..16
     labels = torch.tensor(labels, dtype=torch.long)
@@ -58,7 +62,7 @@ def _digits(root, download=False):
     spec = DatasetSpec(10, 1, (images[split["train"]].mean().item(),), (images[split["train"]].std().item(),), False, 8)
 
     def part(ix):
-        return TensorDataset(images[ix], labels[ix])
+        return Tensors(images[ix], labels[ix])
 
     return DataSplits(part(split["train"]), part(split["val"]), part(split["test"]), spec)
 
@@ -67,14 +71,14 @@ def _needs_torchvision(name):
     """The loader of an image dataset, imported on first use: torchvision
     takes ~3 s to import (it pulls in torch._dynamo), which every script
     start and every digits run would otherwise pay."""
-    def load(root, download=False):
+    def load(root, download=False, split_file=None):
         from app import image_datasets
         if download and name not in DOWNLOADABLE:
             raise InvalidInput(f"--download fetches {' and '.join(DOWNLOADABLE)}; {name} cannot be downloaded here: "
                                f"put it at '{root}' (see the layout in README's datasets table)")
         if name in DOWNLOADABLE:
             return image_datasets.LOADERS[name](root, download=download)
-        return image_datasets.LOADERS[name](root)
+        return image_datasets.LOADERS[name](root, split_file=split_file)
     return load
 
 
@@ -99,13 +103,14 @@ def dataset_names():
     return sorted(DATASETS)
 
 
-def load_dataset(name, root, download=False):
+def load_dataset(name, root, download=False, split_file=None):
     """(train, val, test, spec) for `name`; unknown names and unreadable
     paths raise InvalidInput with the valid names / expected layout. With
-    `download`, CIFAR files missing under `root` are fetched first."""
+    `download`, CIFAR files missing under `root` are fetched first;
+    `split_file`: Tiny-ImageNet's train/validation permutation."""
     if name not in DATASETS:
         raise InvalidInput(f"unknown dataset '{name}'; valid: {', '.join(dataset_names())}")
-    return DATASETS[name](root, download=download)
+    return DATASETS[name](root, download=download, split_file=split_file)
 
 
 def make_loader(dataset, batch_size, shuffle, workers, seed=None, sampler=None, pin_memory=False):

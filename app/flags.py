@@ -8,6 +8,7 @@ import argparse
 import dataclasses
 from dataclasses import field, fields
 
+from app.recipes import recipe, recipe_help, recipes_epilog
 from utils.checkpoint import TRUST_HELP
 
 # The original code's spellings of our flags.
@@ -31,6 +32,8 @@ class FlagConfig:
     def flag_fields(cls):
         return [f for f in fields(cls) if "help" in f.metadata]
 
+    recipe_fields = ()  # flags whose default is the dataset's training recipe (app.recipes)
+
     @classmethod
     def add_args(cls, parser, skip=(), group=None, **defaults):
         """Add this config's flags to `parser` (grouped as declared, or all in
@@ -49,15 +52,33 @@ class FlagConfig:
             names = list(f.metadata.get("flags", names))
             title = f.metadata["group"]
             target = group or groups.get(title) or groups.setdefault(title, parser.add_argument_group(title))
-            target.add_argument(*names, dest=f.name, default=defaults.get(f.name, f.default), **options)
+            default = defaults.get(f.name, f.default)
+            if f.name in cls.recipe_fields and f.name not in defaults:  # absent unless given: from_args fills it
+                default, options["help"] = argparse.SUPPRESS, f"{options['help']} ({recipe_help(f.name)})"
+            target.add_argument(*names, dest=f.name, default=default, **options)
         return parser
 
     @classmethod
     def from_args(cls, args, **given):
         """The config of parsed flags; `given` fields (nested configs, values a
-        script fixes) take precedence, a flag the parser lacks keeps its default."""
-        values = {f.name: getattr(args, f.name, f.default) for f in cls.flag_fields()}
+        script fixes) take precedence, a recipe flag not given takes the
+        recipe of --dataset, any other flag the parser lacks keeps its default."""
+        dataset_recipe = recipe(getattr(args, "dataset", "digits"))
+        values = {f.name: getattr(args, f.name, dataset_recipe[f.name] if f.name in cls.recipe_fields else f.default)
+                  for f in cls.flag_fields()}
         return cls(**{**values, **given})
+
+    @classmethod
+    def add_recipe_args(cls, parser):
+        """Only this config's recipe flags (a script that builds its configs
+        itself, as experiments/reproduce.py does, passes them through)."""
+        skip = tuple(f.name for f in cls.flag_fields() if f.name not in cls.recipe_fields)
+        return FlagConfig.add_args.__func__(cls, parser, skip)  # this config's own flags, not those it nests
+
+    @classmethod
+    def recipe_flags_given(cls, args):
+        """The recipe flags of this config given on the command line."""
+        return tuple(name for name in cls.recipe_fields if hasattr(args, name))
 
     def flags(self):
         """{flag: value} of this config and the configs inside it, as a run's
@@ -80,5 +101,9 @@ def add_trust_flag(parser):
     parser.add_argument("--trust_checkpoint", action="store_true", help=TRUST_HELP)
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in each flag's help; the epilog (the recipes' table) as written."""
+
+
 def parser_for(description):
-    return argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    return argparse.ArgumentParser(description=description, formatter_class=HelpFormatter, epilog=recipes_epilog())

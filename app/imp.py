@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from app.lifecycle import open_run, owned_save_dir, resume_checkpoint
 from app.report import environment, state_record, states_table
-from app.training import train_state
+from app.training import feeding, train_state
 from pruner.magnitude import global_magnitude_prune
 from pruner.masking import apply_mask, check_compatible, current_mask, effective_weights, load_plain_weights, load_weights
 from utils.checkpoint import (best_path, checkpoint_path, latest_checkpoint, load_file, plain_weights, save_atomic,
@@ -74,7 +74,7 @@ def _run_imp(cfg):
     resume = resume_checkpoint(train, latest_checkpoint(train.save_dir), os.path.basename(checkpoint_path("", "{i}")))
     run = open_run(train)
     model = run.model
-    run.prepare_save_dir()
+    run.prepare_save_dir(states=cfg.pruning_times - (resume["state"] if resume is not None else 0))
     if train.fc:
         print("--fc: the classifier stays dense; only convolutions are pruned")
     if resume is not None:
@@ -84,7 +84,9 @@ def _run_imp(cfg):
     else:
         start_state, history = 0, []
         extra = {"init_weight": initial_weights(model, cfg, write=run.is_main)}
-    summary = {"script": "main_imp.py", "args": cfg.flags(), "environment": environment(run.device), "states": history}
+    summary = {"script": "main_imp.py", "args": cfg.flags(), "environment": environment(run.device),
+               "recipe": cfg.recipe_record(), "training": feeding(run.data, train, run.device, run.dist_ctx),
+               "states": history}
     state = start_state
 
     def capture_rewind_point(epoch):

@@ -43,6 +43,7 @@ def owned_save_dir(train):
 
 
 RESUME_KEYS = ("state", "epoch", "state_dict", "optimizer", "scheduler", "result", "best_sa", "init_weight")
+WEIGHT_KEYS = ("state_dict", "optimizer", "scheduler", "init_weight")  # what a checkpoint without --save_model lacks
 
 
 def resume_checkpoint(train, existing, name_hint):
@@ -62,6 +63,9 @@ def resume_checkpoint(train, existing, name_hint):
         raise InvalidInput(f"--resume: no --checkpoint given and no {name_hint} in --save_dir '{train.save_dir}'")
     ckpt = load_file(path, "--resume checkpoint", train.trust_checkpoint)
     missing = [k for k in RESUME_KEYS if not (isinstance(ckpt, dict) and k in ckpt)]
+    if missing and all(k in WEIGHT_KEYS for k in missing):
+        raise InvalidInput(f"--resume checkpoint '{path}' holds results but no weights (a retraining run saved "
+                           "without --save_model): there is nothing to continue from; start again with --save_model")
     if missing:
         raise InvalidInput(f"--resume checkpoint '{path}' lacks {', '.join(missing)}: "
                            "not a training checkpoint of this tool")
@@ -100,10 +104,12 @@ class Run:
         if self.dist_ctx is not None:
             sys.stderr.write(f"rank {self.dist_ctx.rank}: {what} mask {mask_digest(mask)}\n")
 
-    def prepare_save_dir(self):
-        """Rank 0 makes --save_dir and checks it (room for two checkpoints); all ranks wait."""
+    def prepare_save_dir(self, states=1):
+        """Rank 0 makes --save_dir and checks it (room for the checkpoints of
+        the `states` training states still to run: every state keeps its
+        two); all ranks wait."""
         if self.is_main:
-            prepare_save_dir(self.train.save_dir, needed_bytes=checkpoint_bytes(self.model))
+            prepare_save_dir(self.train.save_dir, needed_bytes=states * checkpoint_bytes(self.model), states=states)
         self.barrier()
 
     def write_results(self, summary, title):
@@ -141,7 +147,7 @@ def load_data(train, dist_ctx):
     fetcher = dist_ctx is None or dist_ctx.is_main
     if train.download and not fetcher:
         dist_ctx.barrier()
-    data = load_dataset(train.dataset, train.data, download=train.download and fetcher)
+    data = load_dataset(train.dataset, train.data, download=train.download and fetcher, split_file=train.split_file)
     if train.download and dist_ctx is not None and fetcher:
         dist_ctx.barrier()
     return data
@@ -153,16 +159,16 @@ def checkpoint_bytes(model):
     return 2 * 4 * sum(p.numel() * p.element_size() for p in model.parameters())
 
 
-def prepare_save_dir(path, needed_bytes=0):
+def prepare_save_dir(path, needed_bytes=0, states=1):
     """Create --save_dir and prove it is writable, with room for
-    `needed_bytes`, before any training; remove temporaries of a save that
-    was killed mid-write."""
+    `needed_bytes` (the checkpoints of `states` states), before any training;
+    remove temporaries of a save that was killed mid-write."""
     try:
         os.makedirs(path, exist_ok=True)
         free = shutil.disk_usage(path).free
         if free < needed_bytes:
-            raise InvalidInput(f"--save_dir '{path}' has {free / 2**20:.0f} MiB free; one state's checkpoints need "
-                               f"about {needed_bytes / 2**20:.0f} MiB")
+            raise InvalidInput(f"--save_dir '{path}' has {free / 2**20:.0f} MiB free; the checkpoints of the "
+                               f"{states} state(s) this run will train need about {needed_bytes / 2**20:.0f} MiB")
         probe = os.path.join(path, f".write-test-{os.getpid()}")
         with open(probe, "wb") as f:
             f.write(b"\0" * 4096)

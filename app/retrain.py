@@ -12,9 +12,10 @@ import os
 from dataclasses import dataclass
 
 from app.distributed import launch_rank
+from app.exports import rehearse_export
 from app.lifecycle import open_run, owned_save_dir, resume_checkpoint
 from app.report import environment, state_record
-from app.training import eval_loader, evaluate as accuracy, train_state
+from app.training import amp_dtype, evaluate as accuracy, feed, feeding, train_state
 from pruner.mask import Mask
 from pruner.masking import apply_mask, check_compatible, load_plain_weights, load_weights
 from utils.checkpoint import best_path, checkpoint_path, load_file, plain_weights, state_dict_of
@@ -33,8 +34,6 @@ def start_weights(cfg, ticket_weights):
     train = cfg.train
     if cfg.prune_type == "trained":
         return ticket_weights
-    if not train.pretrained:
-        raise InvalidInput(f"--prune-type {cfg.prune_type} retrains from --pretrained: give --pretrained <checkpoint>")
     ckpt = load_file(train.pretrained, "--pretrained", train.trust_checkpoint)
     if cfg.prune_type in ("lt", "rewind_lt") and isinstance(ckpt, dict) and isinstance(ckpt.get("init_weight"), dict):
         return plain_weights(state_dict_of(ckpt["init_weight"], train.pretrained))
@@ -52,7 +51,8 @@ def evaluate(cfg):
     check_compatible(run.model, plain_weights(weights), f"--checkpoint '{train.checkpoint}'")
     load_weights(run.model, weights)
     mask = Mask.from_model(run.model)
-    val, test = (accuracy(run.model, eval_loader(d, train, run.device, run.dist_ctx), run.device, train.amp,
+    dtype = amp_dtype(train, run.device)
+    val, test = (accuracy(run.model, feed(d, train, run.device, False, run.dist_ctx), run.device, dtype,
                           run.dist_ctx) for d in (run.data.val, run.data.test))
     print(f"evaluate {train.checkpoint}: sparsity {100 * mask.sparsity():.2f}% | val {val:.2f}% | test {test:.2f}%")
     run.close()
@@ -110,18 +110,20 @@ def _retrain(cfg, restructure):
     model, spec = run.model, run.data.spec
     mask, ticket_weights = load_ticket(run, cfg)
     start = start_weights(cfg, ticket_weights)
+    if hasattr(restructure, "start_weights"):  # a control: random_reinit starts from fresh weights
+        start = restructure.start_weights(start, train, spec)
     check_compatible(model, start, "the checkpoint to retrain from")
     new_mask, layers = run.shared_mask(lambda: restructure.apply(model, mask, run.data, train), fallback=(mask, {}))
     flops = masked_flops(model, (1, spec.in_channels, spec.image_size, spec.image_size),
                          {"unstructured": mask, restructure.name: new_mask})
     print(f"FLOPs per image (convolutions and classifier, scaled by mask density):\n{flops_report(flops)}")
+    if run.is_main:  # the one writer of the exports rehearses them
+        rehearse_export(cfg, restructure, model, new_mask, run.data.test)
     run.prepare_save_dir()
     load_plain_weights(model, start)
     apply_mask(model, new_mask)
     print(f"ticket: {100 * mask.sparsity():.2f}% sparse -> {restructure.name}: {100 * new_mask.sparsity():.2f}% sparse")
     if resume is not None:
-        if "state_dict" not in resume:
-            raise InvalidInput("--resume needs a run saved with --save_model (its checkpoint holds no weights)")
         load_weights(model, state_dict_of(resume))
     flags = {**cfg.flags(), **restructure.flags()}  # what the run was given, as "args" has always held
     extra = {"init_weight": start, "source_mask": cfg.mask_dir, "args": flags}
@@ -130,6 +132,7 @@ def _retrain(cfg, restructure):
                          save_weights=cfg.save_model, dist_ctx=run.dist_ctx)
     record = state_record(0, new_mask, result)
     summary = {"script": restructure.name, "args": flags, "environment": environment(run.device),
+               "recipe": cfg.recipe_record(), "training": feeding(run.data, train, run.device, run.dist_ctx),
                "ticket_sparsity": mask.sparsity(), "sparsity": new_mask.sparsity(), "layers": layers,
                "flops": {column: sum(row[column] for row in flops.values()) for column in next(iter(flops.values()))},
                "flops_per_layer": flops, "states": [record]}

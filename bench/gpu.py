@@ -1,4 +1,4 @@
-"""Fair GPU comparisons for the profiling scripts (DESIGN.md §7): one
+"""Fair GPU comparisons for the profiling scripts (docs/design.md §7): one
 precision applied to both sides, rotating input buffers larger than the L2
 cache, errors relative to the reference, and the versions every table
 states (the CUDA-event and CUDA-graph timers: utils/timing.py).

@@ -1,5 +1,5 @@
 """Regrouped layers against the vendor library, checked before they are
-timed (DESIGN.md §7), and the layer tickets of the GPU scripts
+timed (docs/design.md §7), and the layer tickets of the GPU scripts
 (profile/regroup_conv/conv.py, kernel_sweep.py, gpu_check.py). Whole
 networks are bench/network.py's.
 

@@ -1,10 +1,17 @@
 """Reproduce the paper's comparison on one dataset and architecture: IMP,
-IMP-Refill, IMP-Refill+ and IMP-Regroup, and refill / refill+ / regroup
-retraining of every IMP ticket, over several seeds; then accuracy, FLOPs and
-measured inference speedup per sparsity, in one JSON and two figures.
+IMP-Refill, IMP-Refill+ and IMP-Regroup, refill / refill+ / regroup
+retraining of every IMP ticket, and the two controls every ticket is judged
+against (random pruning, random reinitialisation), over several seeds; then
+accuracy, FLOPs and measured inference speedup per sparsity, in one JSON and
+two figures.
 
     python experiments/reproduce.py --quick              # a few minutes on 2 CPU cores
-    python experiments/reproduce.py --out runs/reproduce # 8 states x 15 epochs, seeds 1 2
+    python experiments/reproduce.py --out runs/reproduce # digits' recipe: 8 states x 15 epochs, seeds 1 2
+
+Training follows --dataset's recipe (app.recipes, as the entry scripts do);
+its flags (--epochs --lr --decreasing_lr --weight_decay --batch_size
+--warmup --warmup_unit --rewind_epoch --prune_type --pruning_times)
+override it and pass through to every run.
 
 Every run is a call of the API the entry scripts adapt (app.imp.run_imp,
 app.retrain.retrain) on configs composed here, in-process, writing to
@@ -27,7 +34,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from app.config import ImpConfig, RefillConfig, RegroupConfig, RetrainConfig, TrainConfig  # noqa: E402
+from app.config import (CONTROLS, ControlConfig, ImpConfig, RefillConfig, RegroupConfig, RetrainConfig,  # noqa: E402
+                        TrainConfig)
+from app.recipes import recipe  # noqa: E402
 from app.flags import add_trust_flag  # noqa: E402
 from app.imp import run_imp  # noqa: E402
 from app.retrain import retrain  # noqa: E402
@@ -48,14 +57,18 @@ from utils.timing import alternating_medians  # noqa: E402
 from app.report import read_summary, save_figure, write_json  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
-METHODS = ("imp", "imp_refill", "imp_refill_plus", "imp_regroup", "refill", "refill_plus", "regroup")
+METHODS = ("imp", "imp_refill", "imp_refill_plus", "imp_regroup", "refill", "refill_plus", "regroup", "random_pruning",
+           "random_reinit")
 LABELS = {"imp": "IMP", "imp_refill": "IMP-Refill", "imp_refill_plus": "IMP-Refill+", "imp_regroup": "IMP-Regroup",
-          "refill": "IMP + Refill", "refill_plus": "IMP + Refill+", "regroup": "IMP + Regroup"}
+          "refill": "IMP + Refill", "refill_plus": "IMP + Refill+", "regroup": "IMP + Regroup",
+          "random_pruning": "Random pruning", "random_reinit": "Random reinit"}
 # How a method's tickets are timed: masked at dense speed, physically slimmed, or as regrouped blocks.
 STRUCTURE = {"imp": "unstructured", "imp_refill": "channel", "imp_refill_plus": "channel", "imp_regroup": "blocks",
-             "refill": "channel", "refill_plus": "channel", "regroup": "blocks"}
+             "refill": "channel", "refill_plus": "channel", "regroup": "blocks", "random_pruning": "unstructured",
+             "random_reinit": "unstructured"}
 QUICK = {"pruning_times": 5, "epochs": 5, "bench_repeats": 5}
-FULL = {"pruning_times": 8, "epochs": 15, "bench_repeats": 15}  # states and epochs: main_imp.py's defaults
+FULL = {"bench_repeats": 15}  # states, epochs and the rest: the dataset's training recipe (app.recipes)
+RECIPE_KEYS = TrainConfig.recipe_fields + ImpConfig.recipe_fields
 DEFINITIONS = {
     "sparsity": "share of the pruned convolutions' weights that are zero (stem and classifier excluded)",
     "remaining_weights_pct": "100 x (1 - sparsity)",
@@ -87,9 +100,8 @@ def get_args_parser():
                    help=f"short settings: {QUICK['pruning_times']} states x {QUICK['epochs']} epochs")
     p.add_argument("--methods", nargs="+", default=list(METHODS),
                    help=f"any of: {', '.join(METHODS)} (imp always runs: it gives the dense baseline and the tickets)")
-    p.add_argument("--epochs", type=int, default=None, help=f"epochs per state / retraining (default {FULL['epochs']})")
-    p.add_argument("--pruning_times", type=int, default=None,
-                   help=f"IMP states, dense state 0 included (default {FULL['pruning_times']})")
+    TrainConfig.add_recipe_args(p)  # --epochs --lr --decreasing_lr --weight_decay --batch_size --warmup ...
+    ImpConfig.add_recipe_args(p)  # --rewind_epoch --prune_type --pruning_times
     p.add_argument("--rate", type=float, default=0.2, help="share of the remaining weights IMP prunes per state")
     p.add_argument("--fillback_rate", type=float, default=0.2, help="refill+ rate (refill uses 0)")
     # b2 4 (not 16) lets res20s's 64-channel layers form blocks; 16 suits wider networks.
@@ -108,8 +120,12 @@ def check_args(args):
         raise InvalidInput(f"unknown method '{unknown[0]}'; valid: {', '.join(METHODS)}")
     args.methods = [m for m in METHODS if m in args.methods or m == "imp"]
     args.seeds = list(dict.fromkeys(args.seeds))
+    args.recipe_given = tuple(k for k in RECIPE_KEYS if hasattr(args, k))
     for key, value in (QUICK if args.quick else FULL).items():
-        if getattr(args, key) is None:
+        if getattr(args, key, None) is None:
+            setattr(args, key, value)
+    for key, value in recipe(args.dataset).items():  # what --dataset's recipe gives where no flag did
+        if not hasattr(args, key):
             setattr(args, key, value)
     for key in ("epochs", "pruning_times", "bench_batch", "bench_repeats"):
         if getattr(args, key) < 1:
@@ -118,14 +134,28 @@ def check_args(args):
         raise InvalidInput("--pruning_times must be at least 2: the retraining methods start from IMP states >= 1")
     if not 0.0 < args.fillback_rate <= 1.0:
         raise InvalidInput(f"--fillback_rate (refill+) must be in (0, 1], got {args.fillback_rate}")
-    # The configs every run is made of refuse bad values (dataset, arch, regroup settings) before any run.
-    TrainConfig(dataset=args.dataset, data=args.data, arch=args.arch, epochs=args.epochs, gpu=args.gpu)
+    # The configs every run is made of refuse bad values (dataset, arch, recipe, regroup settings) before any run.
+    imp_config(args, train_config(args, args.seeds[0]), None)
     RegroupConfig.from_args(args)
+
+
+def train_config(args, seed):
+    """The TrainConfig of every run of one seed: --dataset's recipe, the recipe flags given overriding it."""
+    return TrainConfig(dataset=args.dataset, data=args.data, arch=args.arch, seed=seed, gpu=args.gpu,
+                       recipe_given=tuple(k for k in args.recipe_given if k in TrainConfig.recipe_fields),
+                       **{k: getattr(args, k) for k in TrainConfig.recipe_fields})
+
+
+def imp_config(args, train, post):
+    return ImpConfig(train, rate=args.rate, refilling=post if isinstance(post, RefillConfig) else None,
+                     regrouping=post if isinstance(post, RegroupConfig) else None,
+                     recipe_given=tuple(k for k in args.recipe_given if k in ImpConfig.recipe_fields),
+                     **{k: getattr(args, k) for k in ImpConfig.recipe_fields})
 
 
 def training_config(args):
     """What the runs' results depend on: an --out made with other values is refused, not mixed."""
-    keys = ("dataset", "arch", "epochs", "pruning_times", "rate", "fillback_rate", "b2", "cn", "regroup_unit")
+    keys = ("dataset", "arch", *RECIPE_KEYS, "rate", "fillback_rate", "b2", "cn", "regroup_unit")
     return {k: getattr(args, k) for k in keys}
 
 
@@ -170,21 +200,20 @@ def post_processing(method, seed, args):
         return RefillConfig(criterion="magnitude", fillback_rate=args.fillback_rate)
     if method in ("imp_regroup", "regroup"):
         return RegroupConfig(b2=args.b2, cn=args.cn, regroup_unit=args.regroup_unit, seed=seed)
+    if method in CONTROLS:
+        return ControlConfig(control=method, seed=seed)
     return None
 
 
 def run_seed(seed, args):
     """Train every method for one seed; returns {method: [(state, summary record, best checkpoint)]}."""
-    train = TrainConfig(dataset=args.dataset, data=args.data, arch=args.arch, seed=seed, epochs=args.epochs,
-                        gpu=args.gpu)
+    train = train_config(args, seed)
     root = os.path.join(args.out, f"seed{seed}")
     states = {}
     for method in (m for m in args.methods if m.startswith("imp")):
         save_dir = os.path.join(root, method)
         post = post_processing(method, seed, args)
-        cfg = ImpConfig(train.replace(save_dir=save_dir), pruning_times=args.pruning_times, rate=args.rate,
-                        refilling=post if isinstance(post, RefillConfig) else None,
-                        regrouping=post if isinstance(post, RegroupConfig) else None)
+        cfg = imp_config(args, train.replace(save_dir=save_dir), post)
         summary = run_logged(lambda resume: run_imp(cfg.replace(train=cfg.train.replace(resume=resume))), save_dir,
                              lambda s: len(s["states"]) == args.pruning_times, f"seed {seed} {LABELS[method]}")
         states[method] = [(r["state"], r, best_path(save_dir, r["state"])) for r in summary["states"]]

@@ -1,5 +1,5 @@
 """Triton kernel for the regrouped convolution's forward pass: an implicit
-GEMM whose K dimension is gathered (DESIGN.md §7).
+GEMM whose K dimension is gathered (docs/design.md §7).
 
     y[m, row] = bias[row] + sum_k  x[pixel(m) + shift(tap_k) + channel_k] * w[k, row]
 

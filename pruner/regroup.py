@@ -1,6 +1,6 @@
 """Regroup: turn an unstructured mask into dense row x column blocks.
 
-For one layer's 2-D mask [c_out, c_in*kh*kw] (DESIGN.md §5):
+For one layer's 2-D mask [c_out, c_in*kh*kw] (docs/design.md §5):
 1. keep the rows and columns that hold any nonzero;
 2. partition the rows into `cn` parts on the column hypergraph (pruner.partition);
    cn='auto' picks the parts per layer from its live rows (`parts_for`: one

@@ -37,8 +37,10 @@ def test_original_spellings_give_the_same_config():
 
 
 def test_recorded_flags_are_the_parsed_flags():
-    for script, argv in ((main_imp, ["--regroup", "--cn", "auto"]), (main_eval_fillback, ["--mask_dir", "m"]),
-                         (main_eval_regroup_retrain, ["--mask_dir", "m", "--b2", "4"])):
+    from app.recipes import recipe
+    for script, argv in ((main_imp, ["--regroup", "--cn", "auto"]),
+                         (main_eval_fillback, ["--mask_dir", "m", "--prune-type", "trained"]),
+                         (main_eval_regroup_retrain, ["--mask_dir", "m", "--prune-type", "trained", "--b2", "4"])):
         args = script.get_args_parser().parse_args(argv)
         if script is main_imp:
             flags = ImpConfig.from_args(args).flags()
@@ -46,7 +48,9 @@ def test_recorded_flags_are_the_parsed_flags():
             restructure = (RefillConfig if script is main_eval_fillback else RegroupConfig).from_args(args)
             flags = {**RetrainConfig.from_args(args).flags(), **restructure.flags()}
         parsed = vars(args)
-        parsed["workers"] = flags["workers"]  # resolved from the machine when not given
+        for name, value in recipe(args.dataset).items():  # recipe flags not given: the dataset's recipe
+            if name in flags:
+                parsed.setdefault(name, value)
         if script is main_imp:  # IMP without --fillback records no refill settings
             for name in ("criterion", "fillback_rate", "refill_count"):
                 parsed.pop(name)
@@ -67,7 +71,9 @@ def test_recorded_flags_are_the_parsed_flags():
     (lambda: ImpConfig(refilling=RefillConfig(), regrouping=RegroupConfig()), "choose one"),
     (lambda: ImpConfig(prune_type="pt"), "give --pretrained"),
     (lambda: RetrainConfig(), "--mask_dir <checkpoint with masks> is required"),
-    (lambda: RetrainConfig(mask_dir="m", export_onnx="x.onnx"), "add --save_model"),
+    (lambda: RetrainConfig(mask_dir="m", prune_type="trained", export_onnx="x.onnx"), "add --save_model"),
+    (lambda: RetrainConfig(mask_dir="m"), "--prune-type lt retrains from --pretrained"),
+    (lambda: TrainConfig(dataset="cifar10", split_file="s.npy"), "--split_file splits tiny-imagenet"),
 ])
 def test_a_config_refuses_bad_values_when_made(make, message):
     with pytest.raises(InvalidInput, match=message):
@@ -76,7 +82,7 @@ def test_a_config_refuses_bad_values_when_made(make, message):
 
 def test_configs_are_frozen_and_derive_once():
     train = TrainConfig(dataset="digits")
-    assert train.workers == 0 and train.milestones() == [7, 11]
+    assert train.workers is None and train.milestones() == [7, 11]  # workers: app.batches.default_workers
     with pytest.raises(dataclasses.FrozenInstanceError):
         train.lr = 1.0
     short = ImpConfig(TrainConfig(epochs=2), prune_type="rewind_lt", rewind_epoch=16)

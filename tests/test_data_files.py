@@ -39,7 +39,8 @@ def test_a_code_carrying_batch_is_refused_and_its_payload_never_runs(tmp_path):
     with open(tmp_path / "data" / "cifar-10-batches-py" / "data_batch_1", "wb") as f:
         pickle.dump({"data": _RunsCommand(f"touch {marker}"), "labels": [0]}, f)
     runs = [("main_imp.py", ["--epochs", "1", "--pruning_times", "1"]),
-            ("main_eval_fillback.py", ["--epochs", "1", "--mask_dir", str(tmp_path / "ticket.pth.tar")])]
+            ("main_eval_fillback.py", ["--epochs", "1", "--mask_dir", str(tmp_path / "ticket.pth.tar"),
+                                         "--prune-type", "trained"])]
     for script, argv in runs:
         proc = run_script(script, "--dataset", "cifar10", "--data", tmp_path / "data", "--save_dir",
                           tmp_path / script, *argv)
@@ -67,7 +68,8 @@ def _truncated(path):
 
 
 BAD_FILES = {
-    "not a pickle": ("data_batch_2", lambda p: open(p, "wb").write(os.urandom(4096)), "is not a python pickle"),
+    "not a pickle": ("data_batch_2", lambda p: open(p, "wb").write(b"GIF89a, not a pickle\n" * 200),
+                     "is not a python pickle"),  # fixed bytes: random ones can read as a truncated pickle
     "truncated": ("data_batch_3", _truncated, "is truncated"),
     "float data": ("data_batch_1", lambda p: _dump(p, {**_good_batch(), "data": np.zeros((20, 3072), np.float32)}),
                    "'data' must be uint8 of shape (n, 3072), found float32 of shape (20, 3072)"),

@@ -109,7 +109,8 @@ def test_imagenet_folder_layout(tmp_path):
             _write_images(tmp_path / split / wnid, n, 40)
     data = load_dataset("imagenet", str(tmp_path))
     assert data.spec.num_classes == 2 and data.spec.imagenet_stem
-    assert len(data.train) == 6 and len(data.test) == 4
+    # one of each class's 3 training images validates (held out); the official val/ tests
+    assert (len(data.train), len(data.val), len(data.test)) == (4, 2, 4)
     x, y = data.test[0]
     assert x.shape == (3, 224, 224)
 
@@ -123,9 +124,9 @@ def test_tiny_imagenet_with_val_annotations(tmp_path):
         for i in range(4):
             f.write(f"img{i}.JPEG\t{wnids[i % 2]}\t0\t0\t63\t63\n")
     data = load_dataset("tiny-imagenet", str(tmp_path))
-    assert len(data.train) == 6 and len(data.val) == 4
-    assert [data.val[i][1] for i in range(4)] == [0, 1, 0, 1]
-    assert data.val[0][0].shape == (3, 64, 64)
+    assert len(data.train) + len(data.val) == 6 and len(data.val) == 1 and len(data.test) == 4  # 90/10; official val tests
+    assert [data.test[i][1] for i in range(4)] == [0, 1, 0, 1]
+    assert data.test[0][0].shape == (3, 64, 64) and data.train[0][0].shape == (3, 64, 64)
 
 
 @pytest.mark.parametrize("name", ["cifar10", "cifar100", "imagenet", "tiny-imagenet"])

@@ -1,4 +1,4 @@
-"""The layering of DESIGN.md §10, checked on the source: every import of our
+"""The layering of docs/design.md §10, checked on the source: every import of our
 own modules (those inside functions included) points to the same layer or
 one below, models/ imports nothing else of ours, and no modules import each
 other in a cycle."""

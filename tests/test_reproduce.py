@@ -47,7 +47,7 @@ def test_tiny_run_records_every_method_then_resumes(reproduce, tmp_path, capsys)
     capsys.readouterr()
     reproduce.main(reproduce.get_args_parser().parse_args(TINY + ["--out", str(out)]))  # same --out: every run skipped
     printed = capsys.readouterr().out
-    assert printed.count("finished earlier, skipped") == 4 + 3 * 2 and "done in" not in printed
+    assert printed.count("finished earlier, skipped") == 4 + 5 * 2 and "done in" not in printed  # 4 IMP runs, 5 retrainings x 2 states
 
 
 def test_bad_input_is_one_line(reproduce, tmp_path, cli_error):

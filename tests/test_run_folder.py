@@ -82,8 +82,9 @@ def test_resume_of_a_live_run_is_refused(tmp_path, cli_error):
     before = {p.name: p.read_bytes() for p in save.iterdir()}
     with run_folder_lock(str(save)):  # another open file holding the lock, as another process would
         line = cli_error(main_imp, ["--resume", "--epochs", "2", "--pruning_times", "2", "--save_dir", str(save)])
-        for script, argv in (("main_eval_fillback.py", ["--mask_dir", str(save / "0checkpoint.pth.tar")]),
-                             ("main_eval_regroup_retrain.py", ["--mask_dir", str(save / "0checkpoint.pth.tar")])):
+        ticket = ["--mask_dir", str(save / "0checkpoint.pth.tar"), "--prune-type", "trained"]
+        for script, argv in (("main_eval_fillback.py", ticket), ("main_eval_regroup_retrain.py", ticket),
+                             ("main_eval_control.py", ticket)):
             refused = cli_error(load_script(script), argv + ["--save_dir", str(save)])
             assert f"--save_dir '{save}' belongs to a run still going (pid {os.getpid()}" in refused, script
         refused = cli_error(load_script("experiments/reproduce.py"), ["--quick", "--out", str(save)])
