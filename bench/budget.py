@@ -28,9 +28,10 @@ GUESSED = {
     "compile": 30.0,  # torch.compile(mode="reduce-overhead") of one ResNet forward, cold cache
     "compile train": 45.0,  # the same for a training step (forward and backward)
     "train eager": 5.0,  # warm-up and timed steps of one model
-    # 2 models x (ceiling + 4 epochs of 10,000 images on 2 paths): device ~20k images/s, per-image ~4-8k, workers start
-    "train epochs": 25.0,
-    "train epochs 224": 30.0,  # writing 1,024 JPEGs, then 2 models x (ceiling + 4 per-image epochs)
+    # 2 models x (ceiling + 3 epochs of 5,000 images on 2 paths): device ~20k images/s, per-image ~4k a worker,
+    # worker start-up; then writing 512 JPEGs, 2 models x (ceiling + 3 per-image epochs) of ResNet-50 at 224x224
+    "train epochs": 15.0,
+    "train epochs 224": 20.0,
     "gradients": 2.0,  # one small layer's backward through the Triton path
 }
 

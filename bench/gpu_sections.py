@@ -76,10 +76,10 @@ class Sizes:
     compile_batch: int = 64
     train_batch: int = 128  # the compiled training step's
     train_steps: int = 20
-    epoch_images: int = 10_000  # synthetic CIFAR images an epoch of (d)
+    epoch_images: int = 5_000  # synthetic CIFAR images an epoch of (d)
     epoch_batches: tuple = (128, 512)
-    jpeg: Optional[tuple] = ("res50", 224, 128, 1024)  # (d)'s folder dataset: arch, crop, batch, JPEG images of 256x256
-    epoch_repeats: int = 3
+    jpeg: Optional[tuple] = ("res50", 224, 128, 512)  # (d)'s folder dataset: arch, crop, batch, JPEG images of 256x256
+    epoch_repeats: int = 2
     repeats: int = 50
     compile_backend: str = "inductor"
     compile_mode: str = "reduce-overhead"

@@ -238,3 +238,37 @@ def test_the_per_image_path_is_the_flag_away_and_recorded(fake_cifar, tmp_path):
     summary = json.loads((tmp_path / "p" / "summary.json").read_text())
     assert summary["training"]["data_path"]["train"] == "per-image (DataLoader, 0 workers)"
     assert summary["args"]["per_image"] is True and summary["args"]["amp_dtype"] == "auto"
+
+
+def test_training_speed_reports_epochs_of_both_paths_against_the_step(tmp_path, cli_error):
+    """profile/training_speed.py: the step alone, then whole epochs through
+    each path, dense and masked, each with its share of the ceiling; the
+    JSON holds the printed figures."""
+    from conftest import load_script
+    speed = load_script("profile/training_speed.py")
+    out = tmp_path / "speed.json"
+    result = speed.main(speed.get_args_parser().parse_args(
+        ["--arch", "res20s", "--dataset", "digits", "--batch_size", "256", "--repeats", "1", "--out", str(out)]))
+    rows = result["rows"]
+    assert {(r["variant"], r["path"]) for r in rows} == {
+        (v, p) for v in ("dense", "masked") for p in ("step alone", "device-resident",
+                                                      "per-image (DataLoader, 1 worker)")}
+    for r in rows:
+        ceiling = next(c for c in rows if c["variant"] == r["variant"] and c["path"] == "step alone")
+        assert r["of_ceiling"] == pytest.approx(r["images_per_s"] / ceiling["images_per_s"])
+        assert r["images_per_s_p10"] <= r["images_per_s"] <= r["images_per_s_p90"]
+    assert set(result["loader_images_per_s"]) == {"per-image", "device-resident"}
+    assert json.loads(out.read_text())["rows"] == rows
+    assert "unknown --dataset 'mnist'" in cli_error(speed, ["--dataset", "mnist"])
+
+
+def test_digits_trains_the_same_bits_through_either_path(tmp_path):
+    """Without augmentation both paths feed the same images in the same
+    order (one permutation an epoch), so the runs end in the same bits."""
+    finals = []
+    for name, extra in (("device", []), ("per_image", ["--per_image", "--workers", "2"])):
+        main_imp_run = run_script("main_imp.py", "--epochs", "2", "--pruning_times", "1", "--save_dir", tmp_path / name,
+                                  *extra)
+        assert main_imp_run.returncode == 0, main_imp_run.stderr
+        finals.append(load_file(str(tmp_path / name / "0checkpoint.pth.tar"))["state_dict"])
+    assert all(torch.equal(finals[0][k], finals[1][k]) for k in finals[0])

@@ -34,7 +34,9 @@ def test_the_rehearsal_runs_every_section_and_prints_the_plan(tmp_path):
     assert {"dense", "slimmed refill", "slimmed refill, round 8", "permuted (grouped convolutions)",
             "regrouped (CPU path, per-layer choice)"} <= forms
     assert {row["runtime"] for row in report["end_to_end"]["rows"]} == {"torch", "compile"}
-    assert any(row.get("compiled") for row in report["training"]["rows"] if "compiled" in row)
+    epochs = {(row["variant"], row["path"]) for row in report["training"]["rows"] if row.get("epoch")}
+    assert {("dense", "device-resident"), ("masked (80%)", "device-resident"), ("dense", "step alone")} <= epochs
+    assert any(path.startswith("per-image") for _, path in epochs)
     text = (out / "report.md").read_text()
     assert "CPU rehearsal" in text and "not in the rehearsal: CUDA C kernel" in text and "| Triton/cuDNN |" in text
 
@@ -50,6 +52,11 @@ def test_the_full_plan_covers_the_questions_of_the_next_gpu_window():
                      "res50 224x224 batch 64 bf16: 6 forms", "torch.compile of dense, slimmed, permuted",
                      "masked res18 32x32 batch 128, AMP, channels-last, torch.compile"):
         assert expected in text, expected
+    training = next(section for _, section, _ in sections if section.name == "d")
+    fitting = [unit.what for unit, fits in training.planned() if fits]
+    for expected in ("res18 32x32 batch 128, 5000 synthetic CIFAR images: step alone, per-image and device-resident",
+                     "res18 32x32 batch 512, 5000 synthetic CIFAR", "res50 224x224 batch 128, 512 synthetic JPEGs"):
+        assert any(what.startswith(expected) for what in fitting), expected  # the epochs fit (d)'s deadline
     assert sum(section.deadline for _, section, _ in sections) + gpu_check.TILE_SMOKE_TIMEOUT <= 6 * 60
     assert all(section.estimated() <= section.deadline for _, section, _ in sections)
 
