@@ -16,8 +16,9 @@
   an epoch waits for the host.
 - `LoaderBatches`: torch's DataLoader over the per-image transforms (folder
   datasets, and in-memory ones with --per_image, the reference the device
-  path is tested against), its workers persisting across the epochs of a
-  training state, pinned memory and prefetching on CUDA. Each item's
+  path is tested against), one pool of workers (`LoaderPool`) shared by a
+  training state's splits and persisting across its epochs, pinned memory
+  and prefetching on CUDA. Each item's
   augmentation is seeded from (epoch seed, image index), so an image comes
   out the same whichever worker, and however many workers, took it, and a
   resumed run draws what an uninterrupted one drew.
@@ -146,32 +147,33 @@ def item_seed(epoch_seed, index):
 
 
 class SeededItems(Dataset):
-    """`dataset`, indexed by (index, epoch seed): each item's random
-    transforms draw from torch's CPU generator seeded by item_seed, whose
-    state is put back afterwards so the caller's stream is untouched."""
+    """The splits of a LoaderPool as one dataset, indexed by (split, index,
+    epoch seed): each item's random transforms draw from torch's CPU
+    generator seeded by item_seed, whose state is put back afterwards so the
+    caller's stream is untouched."""
 
-    def __init__(self, dataset):
-        self.dataset = dataset
+    def __init__(self, splits):
+        self.splits = splits
 
     def __len__(self):
-        return len(self.dataset)
+        return sum(len(split) for split in self.splits)
 
     def __getitem__(self, key):
-        index, seed = key
+        split, index, seed = key
         generator = torch.default_generator  # the CPU generator torchvision's transforms draw from
         state = generator.get_state()  # 3 us with the reseed; torch.manual_seed in a fork_rng costs 200 us
         try:
             generator.manual_seed(item_seed(seed, index))
-            return self.dataset[index]
+            return self.splits[split][index]
         finally:
             generator.set_state(state)
 
 
 class _EpochBatches:
-    """A batch sampler of (index, epoch seed) lists in epoch_order."""
+    """A batch sampler of (split, index, epoch seed) lists in epoch_order."""
 
-    def __init__(self, n, batch_size, train, rank, world):
-        self.n, self.batch_size, self.train, self.rank, self.world = n, batch_size, train, rank, world
+    def __init__(self, split, n, batch_size, train, rank, world):
+        self.split, self.n, self.batch_size, self.train, self.rank, self.world = split, n, batch_size, train, rank, world
         self.seed = 0
 
     def __len__(self):
@@ -179,20 +181,62 @@ class _EpochBatches:
 
     def __iter__(self):
         for batch in epoch_order(self.n, self.batch_size, self.seed if self.train else None, self.rank, self.world):
-            yield [(i, self.seed) for i in batch.tolist()]
+            yield [(self.split, i, self.seed) for i in batch.tolist()]
+
+
+def loader_path(workers):
+    """How summary.json names the per-image path with `workers` processes."""
+    return f"per-image (DataLoader, {workers} worker{'s' if workers != 1 else ''})"
+
+
+class LoaderPool:
+    """One DataLoader, and so one set of worker processes persisting across
+    epochs, for all the per-image splits of a training run: training,
+    validation and test take turns on it (they never run at once), so a
+    node holds `workers` processes, not three idle sets beside the busy one,
+    each with its copy of a dataset's file list. Splits join before the
+    first batch is drawn, when the workers start. Also its own batch
+    sampler: it draws the batches of the split whose turn it is."""
+
+    def __init__(self, device, workers):
+        self.device, self.workers = device, workers
+        self.splits, self.turn, self.loader = [], None, None
+
+    def join(self, dataset):
+        """Add a split; its number in the pool."""
+        if self.loader is not None:
+            raise RuntimeError("a split joins a LoaderPool before its workers start")
+        self.splits.append(dataset)
+        return len(self.splits) - 1
+
+    def __len__(self):
+        return len(self.turn)
+
+    def __iter__(self):
+        return iter(self.turn)
+
+    def batches(self, turn):
+        """The batches of `turn` (an _EpochBatches) on the device, decoded by the pool's workers."""
+        if self.loader is None:
+            self.loader = DataLoader(SeededItems(self.splits), batch_sampler=self, num_workers=self.workers,
+                                     persistent_workers=self.workers > 0, pin_memory=self.device.type == "cuda",
+                                     prefetch_factor=PREFETCH_BATCHES if self.workers > 0 else None,
+                                     generator=torch.Generator().manual_seed(0))  # worker seeds: not the global RNG
+        self.turn = turn  # read when the loop below starts: the workers' first batches come from it
+        for images, labels in self.loader:
+            yield (as_input(images.to(self.device, non_blocking=True), self.device),
+                   labels.to(self.device, non_blocking=True))
 
 
 class LoaderBatches:
-    """A DataLoader over the per-image transforms (module docstring)."""
+    """One split's batches through a LoaderPool's workers (its own pool
+    unless `pool` is given; module docstring)."""
 
-    def __init__(self, dataset, batch_size, device, train, workers, rank=0, world=1):
-        self.sampler = _EpochBatches(len(dataset), batch_size, train, rank, world)
-        self.device, self.workers = device, workers
-        self.path = f"per-image (DataLoader, {workers} worker{'s' if workers != 1 else ''})"
-        self.loader = DataLoader(SeededItems(dataset), batch_sampler=self.sampler, num_workers=workers,
-                                 persistent_workers=workers > 0, pin_memory=device.type == "cuda",
-                                 prefetch_factor=PREFETCH_BATCHES if workers > 0 else None,
-                                 generator=torch.Generator().manual_seed(0))  # its worker seeds: not the global RNG
+    def __init__(self, dataset, batch_size, device, train, workers, rank=0, world=1, pool=None):
+        self.pool = pool if pool is not None else LoaderPool(device, workers)
+        self.sampler = _EpochBatches(self.pool.join(dataset), len(dataset), batch_size, train, rank, world)
+        self.device, self.workers = device, self.pool.workers
+        self.path = loader_path(self.workers)
 
     def set_epoch(self, seed):
         self.sampler.seed = seed
@@ -201,13 +245,13 @@ class LoaderBatches:
         return len(self.sampler)
 
     def __iter__(self):
-        for images, labels in self.loader:
-            yield as_input(images.to(self.device, non_blocking=True), self.device), labels.to(self.device, non_blocking=True)
+        return self.pool.batches(self.sampler)
 
 
-def batches(dataset, batch_size, device, train, workers, per_image=False, rank=0, world=1):
-    """DeviceBatches for a split held in memory (unless `per_image`), else LoaderBatches."""
+def batches(dataset, batch_size, device, train, workers, per_image=False, rank=0, world=1, pool=None):
+    """DeviceBatches for a split held in memory (unless `per_image`), else
+    LoaderBatches (on `pool`'s workers where given)."""
     memory = getattr(dataset, "in_memory", None)
     if isinstance(memory, InMemory) and not per_image:
         return DeviceBatches(memory, batch_size, device, train, rank, world)
-    return LoaderBatches(dataset, batch_size, device, train, workers, rank, world)
+    return LoaderBatches(dataset, batch_size, device, train, workers, rank, world, pool)

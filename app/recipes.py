@@ -86,8 +86,12 @@ class RecipeChoice:
     given: tuple = ()  # recipe flags given on the command line
 
     def record(self, values):
-        """summary.json's "recipe": the name, its source, its values, and the
-        overrides ({flag: value} of the flags given, where they differ or not)."""
+        """summary.json's "recipe": the name, its source, its values, the
+        overrides ({flag: value} of every recipe value the run did not train
+        with, whether a flag, a script's preset or the Python API set it) and
+        the recipe flags given on the command line."""
         base = recipe(self.dataset)
         return {"dataset": self.dataset, "source": SOURCES.get(self.dataset, SOURCES["digits"]), "values": base,
-                "overrides": {name: values[name] for name in self.given if name in values}}
+                "overrides": {name: values[name] for name in RECIPE_FLAGS
+                              if name in values and values[name] != base[name]},
+                "given": [name for name in self.given if name in values]}

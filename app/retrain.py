@@ -15,7 +15,7 @@ from app.distributed import launch_rank
 from app.exports import rehearse_export
 from app.lifecycle import open_run, owned_save_dir, resume_checkpoint
 from app.report import environment, state_record
-from app.training import amp_dtype, evaluate as accuracy, feed, feeding, train_state
+from app.training import amp_dtype, evaluate as accuracy, feed, feeding, loader_pool, train_state
 from pruner.mask import Mask
 from pruner.masking import apply_mask, check_compatible, load_plain_weights, load_weights
 from utils.checkpoint import best_path, checkpoint_path, load_file, plain_weights, state_dict_of
@@ -52,7 +52,8 @@ def evaluate(cfg):
     load_weights(run.model, weights)
     mask = Mask.from_model(run.model)
     dtype = amp_dtype(train, run.device)
-    val, test = (accuracy(run.model, feed(d, train, run.device, False, run.dist_ctx), run.device, dtype,
+    pool = loader_pool(train, run.device, run.dist_ctx)
+    val, test = (accuracy(run.model, feed(d, train, run.device, False, run.dist_ctx, pool), run.device, dtype,
                           run.dist_ctx) for d in (run.data.val, run.data.test))
     print(f"evaluate {train.checkpoint}: sparsity {100 * mask.sparsity():.2f}% | val {val:.2f}% | test {test:.2f}%")
     run.close()

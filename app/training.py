@@ -6,10 +6,11 @@ accuracy after each epoch, writes `<prefix>checkpoint.pth.tar` every epoch
 and `<prefix>model_SA_best.pth.tar` whenever validation accuracy improves,
 and resumes from a checkpoint of the same state. Batches come from
 app.batches (device-resident for in-memory datasets). On CUDA it trains
-channels-last under autocast (bf16 where the GPU has it, else fp16 with a
-gradient scaler), and the host never waits inside an epoch: losses,
-accuracies and the non-finite guard are tallied on the device and read
-once an epoch (and every --print_freq steps).
+channels-last under autocast (bf16 where the GPU computes it, else fp16
+with a gradient scaler, whose step reads the host once a step), and
+otherwise the host does not wait inside an epoch: losses, accuracies and
+the non-finite guard are tallied on the device and read once an epoch (and
+every --print_freq steps).
 """
 import time
 
@@ -19,7 +20,7 @@ from tqdm import tqdm
 
 from torch.nn.parallel import DistributedDataParallel
 
-from app.batches import DeviceBatches, batches, default_workers
+from app.batches import DeviceBatches, LoaderPool, batches, default_workers, loader_path
 from utils.checkpoint import save_atomic
 from utils.errors import TrainingDiverged
 from utils.runtime import epoch_seed, seed_everything
@@ -76,8 +77,15 @@ def autocast_dtype(device, amp=True, name="auto"):
     if not amp or device.type != "cuda":
         return None
     if name == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_cuda_bf16(device) else torch.float16
     return AMP_DTYPES[name]
+
+
+def native_cuda_bf16(device):
+    """Whether the GPU of `device` computes bf16 in hardware (compute capability
+    8.0 on: Ampere, Hopper). torch.cuda.is_bf16_supported() also says yes where
+    bf16 is only emulated (Volta, Turing), where it is slow."""
+    return torch.cuda.get_device_capability(device)[0] >= 8
 
 
 def amp_name(dtype):
@@ -210,13 +218,24 @@ def best_summary(result):
             "test_acc_at_best_val": result["test_acc"][best], "final_test_acc": result["test_acc"][-1]}
 
 
-def feed(dataset, train, device, training, dist_ctx=None):
-    """Batches of `dataset` for training (shuffled and augmented per epoch)
-    or evaluation: app.batches, this rank's share under torchrun."""
-    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
+def loader_workers(train, device, dist_ctx=None):
+    """The per-image path's worker processes: --workers, else default_workers for this rank."""
     local = dist_ctx.local_world_size if dist_ctx is not None else 1
-    workers = train.workers if train.workers is not None else default_workers(device, local)
-    return batches(dataset, train.batch_size, device, training, workers, train.per_image, rank, world)
+    return train.workers if train.workers is not None else default_workers(device, local)
+
+
+def loader_pool(train, device, dist_ctx=None):
+    """The one pool of loader workers a run's per-image splits share (started at its first batch)."""
+    return LoaderPool(device, loader_workers(train, device, dist_ctx))
+
+
+def feed(dataset, train, device, training, dist_ctx=None, pool=None):
+    """Batches of `dataset` for training (shuffled and augmented per epoch)
+    or evaluation: app.batches, this rank's share under torchrun, on
+    `pool`'s workers where the split takes the per-image path."""
+    rank, world = (dist_ctx.rank, dist_ctx.world_size) if dist_ctx is not None else (0, 1)
+    pool = pool if pool is not None else loader_pool(train, device, dist_ctx)
+    return batches(dataset, train.batch_size, device, training, pool.workers, train.per_image, rank, world, pool)
 
 
 def feeding(data, train, device, dist_ctx=None):
@@ -231,9 +250,7 @@ def feeding(data, train, device, dist_ctx=None):
 def feed_path(dataset, train, device, dist_ctx=None):
     if getattr(dataset, "in_memory", None) is not None and not train.per_image:
         return DeviceBatches.path
-    local = dist_ctx.local_world_size if dist_ctx is not None else 1
-    workers = train.workers if train.workers is not None else default_workers(device, local)
-    return f"per-image (DataLoader, {workers} worker{'s' if workers != 1 else ''})"
+    return loader_path(loader_workers(train, device, dist_ctx))
 
 
 def train_state(model, data, train, device, *, state, checkpoint_file, best_file, extra, resume=None,
@@ -260,9 +277,10 @@ def train_state(model, data, train, device, *, state, checkpoint_file, best_file
         scheduler.load_state_dict(resume["scheduler"])
         result = resume["result"]
         best_sa, start = resume["best_sa"], resume["epoch"]
-    train_batches = feed(data.train, train, device, True, dist_ctx)  # built once: loader workers persist
-    val_batches = feed(data.val, train, device, False, dist_ctx)
-    test_batches = val_batches if data.test is data.val else feed(data.test, train, device, False, dist_ctx)
+    pool = loader_pool(train, device, dist_ctx)  # one set of loader workers, persisting across the epochs
+    train_batches = feed(data.train, train, device, True, dist_ctx, pool)
+    val_batches = feed(data.val, train, device, False, dist_ctx, pool)
+    test_batches = val_batches if data.test is data.val else feed(data.test, train, device, False, dist_ctx, pool)
     for epoch in range(start, train.epochs):
         if on_epoch_start is not None:
             on_epoch_start(epoch)

@@ -18,5 +18,5 @@ def random_mask_like(mask, seed):
         generator = torch.Generator().manual_seed(int(seed) * 1_000_003 + i)
         flat = torch.zeros(layer.numel(), dtype=layer.dtype)
         flat[torch.randperm(layer.numel(), generator=generator)[:kept]] = 1
-        out[name] = flat.view_as(layer)
+        out[name] = flat.view_as(layer).to(layer.device)  # drawn on the CPU: one mask whatever the device
     return out

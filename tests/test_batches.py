@@ -115,6 +115,48 @@ def test_the_per_image_path_gives_the_same_batches_with_any_number_of_workers():
     assert not torch.equal(runs[0][0][0][0], runs[0][1][0][0])
 
 
+class _WorkerPid(torch.utils.data.Dataset):
+    """Images that say which process made them: (pid as a 1-pixel image, label)."""
+
+    def __init__(self, n, label):
+        self.n, self.label = n, label
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, index):
+        return torch.full((1, 1, 1), float(os.getpid())), self.label
+
+
+def test_a_runs_splits_take_turns_on_one_pool_of_workers():
+    """Training, validation and test share one DataLoader and its 2 worker
+    processes, which persist across the epochs: each split still gets
+    exactly its own images, and what a split draws does not depend on the
+    pool (the same batches as on a pool of its own)."""
+    from app.batches import LoaderPool
+    pool = LoaderPool(CPU, 2)
+    splits = {"train": _WorkerPid(40, 0), "val": _WorkerPid(12, 1), "test": _WorkerPid(7, 2)}
+    feeds = {name: LoaderBatches(ds, 16, CPU, name == "train", 2, pool=pool) for name, ds in splits.items()}
+    pids = set()
+    for seed in (5, 6):
+        for name, feed in feeds.items():
+            feed.set_epoch(seed)
+            seen = [(x, y) for x, y in feed]
+            assert sum(len(y) for _, y in seen) == len(splits[name])
+            assert all(bool((y == splits[name].label).all()) for _, y in seen)
+            pids |= {int(v) for x, _ in seen for v in x.flatten().tolist()}
+    assert len(pids) == 2 and os.getpid() not in pids  # one pool, the same 2 workers throughout
+    with pytest.raises(RuntimeError, match="before its workers start"):
+        LoaderBatches(_WorkerPid(3, 3), 16, CPU, False, 2, pool=pool)
+    data = synthetic_cifar(40)
+    shared, alone = LoaderPool(CPU, 0), LoaderBatches(data.train, 16, CPU, True, 0)
+    LoaderBatches(data.val, 16, CPU, False, 0, pool=shared)  # joins first: the training split is number 1
+    together = LoaderBatches(data.train, 16, CPU, True, 0, pool=shared)
+    for feed in (alone, together):
+        feed.set_epoch(7)
+    assert all(torch.equal(a, b) and torch.equal(la, lb) for (a, la), (b, lb) in zip(alone, together))
+
+
 def test_the_host_reads_an_epochs_tallies_once(monkeypatch):
     """No host sync per step: the device-side tallies are read at the end of
     the epoch, and every --print_freq steps when asked."""
@@ -155,10 +197,12 @@ def test_a_diverged_device_resident_run_stops_before_writing_a_checkpoint(tmp_pa
 def test_autocast_takes_bf16_where_the_gpu_has_it(monkeypatch):
     from app.training import autocast_dtype, gradient_scaler
     cuda = torch.device("cuda")
+    # torch.cuda.is_bf16_supported() says yes on Volta/Turing too (emulated bf16): the capability decides
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (9, 0))  # Hopper
     assert autocast_dtype(cuda) == torch.bfloat16 and gradient_scaler(cuda, torch.bfloat16) is None
     assert autocast_dtype(cuda, name="fp16") == torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, **k: (7, 0))  # Volta
     assert autocast_dtype(cuda) == torch.float16 and autocast_dtype(cuda, name="bf16") == torch.bfloat16
     assert autocast_dtype(cuda, amp=False) is None and autocast_dtype(CPU) is None
 

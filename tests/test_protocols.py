@@ -89,8 +89,7 @@ def test_the_epoch_kept_is_chosen_on_validation_never_on_test(tmp_path, monkeypa
     scripted = {"val": iter([10.0, 30.0, 20.0]), "test": iter([50.0, 10.0, 40.0])}
 
     def scored(model, batches, device, dtype=None, dist_ctx=None):
-        split = batches.loader.dataset.dataset
-        return next(scripted["test" if len(split) == len(data.test) else "val"])
+        return next(scripted["test" if batches.sampler.n == len(data.test) else "val"])
     monkeypatch.setattr(app.training, "evaluate", scored)
     assert len(data.val) != len(data.test)
     save = tmp_path / "run"
@@ -113,7 +112,12 @@ def test_each_dataset_has_its_recipe_and_a_flag_overrides_it(digits_imp_run, cap
             imagenet.train.decreasing_lr) == (30, 0.2, 1024, 5, "29,59,79")
     record = imagenet.recipe_record()
     assert record["dataset"] == "imagenet" and record["values"]["epochs"] == 90
-    assert record["overrides"] == {"epochs": 30, "lr": 0.2}
+    assert record["overrides"] == {"epochs": 30, "lr": 0.2} and record["given"] == ["epochs", "lr"]
+    typed = ImpConfig.from_args(parser.parse_args(["--dataset", "imagenet", "--epochs", "90"]))
+    assert typed.recipe_record()["overrides"] == {} and typed.recipe_record()["given"] == ["epochs"]
+    # built in Python, a config trains digits' values: the record says what differs from cifar10's recipe
+    python_api = ImpConfig(TrainConfig(dataset="cifar10")).recipe_record()["overrides"]
+    assert python_api["epochs"] == 15 and python_api["weight_decay"] == 5e-4 and python_api["pruning_times"] == 8
     with pytest.raises(SystemExit):
         parser.parse_args(["--help"])
     shown = capsys.readouterr().out

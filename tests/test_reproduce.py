@@ -41,6 +41,8 @@ def test_tiny_run_records_every_method_then_resumes(reproduce, tmp_path, capsys)
     assert dense["test_acc_mean"] == results["methods"]["imp"]["seeds"]["1"][0]["test_acc"]
     assert dense["test_acc_std"] == 0.0  # one seed
     assert "max_sparsity_within_dense_std" in results["definitions"]
+    recipe = json.loads((out / "seed1" / "imp" / "summary.json").read_text())["recipe"]
+    assert recipe["overrides"] == {"epochs": 1, "pruning_times": 3}  # what each run trained, not the digits recipe
     for name in ("accuracy_vs_sparsity.png", "speedup_vs_sparsity.png"):
         assert (out / name).read_bytes()[:8] == PNG_MAGIC
 
