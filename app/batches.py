@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from app.splits import InMemory
+from utils.errors import InvalidInput
 
 PREFETCH_BATCHES = 4  # per loader worker: a few batches ahead absorbs the spread of JPEG decode times
 
@@ -251,6 +252,9 @@ class LoaderBatches:
 def batches(dataset, batch_size, device, train, workers, per_image=False, rank=0, world=1, pool=None):
     """DeviceBatches for a split held in memory (unless `per_image`), else
     LoaderBatches (on `pool`'s workers where given)."""
+    if len(dataset) < world:  # a rank without an image would train on an empty batch or wait for the others
+        raise InvalidInput(f"a split of {len(dataset)} image(s) cannot be shared by {world} ranks: "
+                           "each needs at least one (fewer ranks, or more data)")
     memory = getattr(dataset, "in_memory", None)
     if isinstance(memory, InMemory) and not per_image:
         return DeviceBatches(memory, batch_size, device, train, rank, world)

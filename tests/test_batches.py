@@ -115,6 +115,15 @@ def test_the_per_image_path_gives_the_same_batches_with_any_number_of_workers():
     assert not torch.equal(runs[0][0][0][0], runs[0][1][0][0])
 
 
+def test_a_split_smaller_than_the_ranks_is_refused():
+    from app.batches import batches
+    from utils.errors import InvalidInput
+    one = Tensors(torch.zeros(1, 1, 2, 2), torch.zeros(1, dtype=torch.long))
+    assert len(batches(one, 4, CPU, False, 0, rank=0, world=1)) == 1
+    with pytest.raises(InvalidInput, match="a split of 1 image.s. cannot be shared by 2 ranks"):
+        batches(one, 4, CPU, False, 0, rank=0, world=2)
+
+
 class _WorkerPid(torch.utils.data.Dataset):
     """Images that say which process made them: (pid as a 1-pixel image, label)."""
 
