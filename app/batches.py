@@ -106,30 +106,43 @@ def as_input(images, device):
     return images
 
 
-class DeviceBatches:
-    """Batches of an InMemory split gathered and augmented on `device` (module docstring)."""
+class EpochPlan:
+    """What both paths share: a split of `n` images cut into batches of
+    `batch_size` (this rank's share of each), shuffled and augmented per
+    epoch from the seed set_epoch gives when it trains, in order otherwise."""
 
-    path = "device-resident"
-
-    def __init__(self, memory, batch_size, device, train, rank=0, world=1):
-        self.images, self.labels = memory.images.to(device), memory.labels.to(device)
-        self.padding, self.flip = (memory.crop_padding, memory.flip) if train else (0, False)
-        self.batch_size, self.device, self.train, self.rank, self.world = batch_size, device, train, rank, world
+    def __init__(self, n, batch_size, train, rank=0, world=1):
+        self.n, self.batch_size, self.train, self.rank, self.world = n, batch_size, train, rank, world
         self.seed = 0
 
     def set_epoch(self, seed):
         self.seed = seed
 
     def __len__(self):
-        return len(epoch_order(len(self.labels), self.batch_size, None, self.rank, self.world))
+        return len(epoch_order(self.n, self.batch_size, None, self.rank, self.world))
+
+    def order(self):
+        """This epoch's batches of indices (epoch_order)."""
+        return epoch_order(self.n, self.batch_size, self.seed if self.train else None, self.rank, self.world)
+
+
+class DeviceBatches(EpochPlan):
+    """Batches of an InMemory split gathered and augmented on `device` (module docstring)."""
+
+    path = "device-resident"
+
+    def __init__(self, memory, batch_size, device, train, rank=0, world=1):
+        super().__init__(len(memory.labels), batch_size, train, rank, world)
+        self.images, self.labels = memory.images.to(device), memory.labels.to(device)
+        self.padding, self.flip = (memory.crop_padding, memory.flip) if train else (0, False)
+        self.device = device
 
     def draws(self):
         """(crop offsets, flips) of every image of the split this epoch (crop_flip_draws)."""
-        return crop_flip_draws(len(self.labels), self.padding, self.flip, self.seed ^ 0x5EED)
+        return crop_flip_draws(self.n, self.padding, self.flip, self.seed ^ 0x5EED)
 
     def __iter__(self):
-        n = len(self.labels)
-        batches = epoch_order(n, self.batch_size, self.seed if self.train else None, self.rank, self.world)
+        batches = self.order()
         sizes = [len(b) for b in batches]
         order = torch.cat(batches).to(self.device)  # one copy an epoch; the batches are slices of it
         augment = self.padding or self.flip
@@ -170,18 +183,15 @@ class SeededItems(Dataset):
             generator.set_state(state)
 
 
-class _EpochBatches:
+class _EpochBatches(EpochPlan):
     """A batch sampler of (split, index, epoch seed) lists in epoch_order."""
 
     def __init__(self, split, n, batch_size, train, rank, world):
-        self.split, self.n, self.batch_size, self.train, self.rank, self.world = split, n, batch_size, train, rank, world
-        self.seed = 0
-
-    def __len__(self):
-        return len(epoch_order(self.n, self.batch_size, None, self.rank, self.world))
+        super().__init__(n, batch_size, train, rank, world)
+        self.split = split
 
     def __iter__(self):
-        for batch in epoch_order(self.n, self.batch_size, self.seed if self.train else None, self.rank, self.world):
+        for batch in self.order():
             yield [(self.split, i, self.seed) for i in batch.tolist()]
 
 
@@ -236,8 +246,7 @@ class LoaderBatches:
     def __init__(self, dataset, batch_size, device, train, workers, rank=0, world=1, pool=None):
         self.pool = pool if pool is not None else LoaderPool(device, workers)
         self.sampler = _EpochBatches(self.pool.join(dataset), len(dataset), batch_size, train, rank, world)
-        self.device, self.workers = device, self.pool.workers
-        self.path = loader_path(self.workers)
+        self.device, self.path = device, loader_path(self.pool.workers)
 
     def set_epoch(self, seed):
         self.sampler.seed = seed
@@ -249,13 +258,17 @@ class LoaderBatches:
         return self.pool.batches(self.sampler)
 
 
+def device_resident(dataset, per_image=False):
+    """Whether `dataset` takes the device-resident path: it is held in memory and --per_image was not asked."""
+    return not per_image and isinstance(getattr(dataset, "in_memory", None), InMemory)
+
+
 def batches(dataset, batch_size, device, train, workers, per_image=False, rank=0, world=1, pool=None):
     """DeviceBatches for a split held in memory (unless `per_image`), else
     LoaderBatches (on `pool`'s workers where given)."""
     if len(dataset) < world:  # a rank without an image would train on an empty batch or wait for the others
         raise InvalidInput(f"a split of {len(dataset)} image(s) cannot be shared by {world} ranks: "
                            "each needs at least one (fewer ranks, or more data)")
-    memory = getattr(dataset, "in_memory", None)
-    if isinstance(memory, InMemory) and not per_image:
-        return DeviceBatches(memory, batch_size, device, train, rank, world)
+    if device_resident(dataset, per_image):
+        return DeviceBatches(dataset.in_memory, batch_size, device, train, rank, world)
     return LoaderBatches(dataset, batch_size, device, train, workers, rank, world, pool)

@@ -202,13 +202,18 @@ def tiny_imagenet_split(n, split_file=None):
     if n == TINY_TRAIN_IMAGES:
         with open(TINY_SPLIT_FILE) as f:
             val = json.load(f)["val"]
-        held = set(val)
-        return [i for i in range(n) if i not in held], val
+        return the_rest(n, val), val
     print(f"tiny-imagenet: {n} training images, not the official {TINY_TRAIN_IMAGES:,}: a seeded 90/10 split of its "
           "own (--split_file gives one)")
     order = torch.randperm(n, generator=torch.Generator().manual_seed(0)).tolist()
     cut = n - validation_count(n)
     return sorted(order[:cut]), sorted(order[cut:])
+
+
+def the_rest(n, held):
+    """Indices 0..n-1 not in `held`, in order: the training part of a split whose validation part is `held`."""
+    held = set(held)
+    return [i for i in range(n) if i not in held]
 
 
 def validation_count(n):
@@ -265,8 +270,7 @@ def _imagenet(root, split_file=None):
         raise InvalidInput(f"'{root}/val' has {len(test.classes)} classes, '{root}/train' has {len(images.classes)}: "
                            "they must match")
     val_ix = held_out(images.samples)
-    held = set(val_ix)
-    train_ix = [i for i in range(len(images)) if i not in held]
+    train_ix = the_rest(len(images), val_ix)
     spec = DatasetSpec(len(images.classes), 3, IMAGENET_MEAN, IMAGENET_STD, True, 224)
     return DataSplits(Transformed(images, train_ix, train_tf), Transformed(images, val_ix, test_tf), test, spec)
 

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from torch.nn.parallel import DistributedDataParallel
 
-from app.batches import DeviceBatches, LoaderPool, batches, default_workers, loader_path
+from app.batches import DeviceBatches, LoaderPool, batches, default_workers, device_resident, loader_path
 from utils.checkpoint import save_atomic
 from utils.errors import TrainingDiverged
 from utils.runtime import epoch_seed, seed_everything
@@ -150,8 +150,9 @@ class EpochTally:
                               torch.tensor(float(self.seen), dtype=torch.float64, device=self.loss.device)])
         if dist_ctx is not None:
             totals = dist_ctx.sum_tensor(totals)
-        loss, correct, diverged, seen = totals.tolist()
-        bad_step, bad_loss = int(self.bad_step), float(self.bad_loss)
+        own = torch.stack([self.bad_step.double(), self.bad_loss.double()])  # this rank's, not summed
+        loss, correct, diverged, seen, bad_step, bad_loss = torch.cat([totals, own]).tolist()  # the one read
+        bad_step = int(bad_step)
         if diverged and bad_step < 0:
             bad_step = None  # another rank's loss went non-finite
         return loss / max(1.0, seen), 100.0 * correct / max(1.0, seen), (bad_step if diverged else -1), bad_loss
@@ -248,7 +249,7 @@ def feeding(data, train, device, dist_ctx=None):
 
 
 def feed_path(dataset, train, device, dist_ctx=None):
-    if getattr(dataset, "in_memory", None) is not None and not train.per_image:
+    if device_resident(dataset, train.per_image):
         return DeviceBatches.path
     return loader_path(loader_workers(train, device, dist_ctx))
 

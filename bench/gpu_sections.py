@@ -43,10 +43,8 @@ from bench.network import (dense_forms, generated_dense, generated_ticket, json_
                            regroup_form)
 from bench.tickets import (TOLERANCE, check_layer, compare_layer, conv_input_shapes, random_regrouped_layer,
                            regroup_layer_by_rows)
-from app.datasets import model_for
-from bench.training import epoch_rows, epoch_table, synthetic_cifar, synthetic_jpeg_folders, throughput
-from pruner.magnitude import global_magnitude_prune
-from pruner.masking import apply_mask
+from bench.training import (dense_and_masked, epoch_rows, epoch_table, synthetic_cifar, synthetic_jpeg_folders,
+                            throughput)
 from utils.checkpoint import summary_path
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -317,10 +315,8 @@ def epoch_unit(arch, batch, sizes, jpeg=False):
             data = synthetic_jpeg_folders(folder, sizes.jpeg[3], 256)
         else:
             data = synthetic_cifar(sizes.epoch_images)
-        models = {"dense": model_for(arch, data.spec)}
-        masked = model_for(arch, data.spec)
-        apply_mask(masked, global_magnitude_prune(masked, sizes.e2e_sparsity))
-        models["masked (80%)"] = masked
+        models = dense_and_masked(arch, data.spec, sizes.e2e_sparsity,
+                                  masked_label=f"masked ({100 * sizes.e2e_sparsity:.0f}%)")
         rows = epoch_rows(models, data, batch, device, repeats=sizes.epoch_repeats, amp=True, ceiling_steps=sizes.train_steps,
                           say=lambda line: print(line, flush=True))
     shape = f"{arch} {data.spec.image_size}x{data.spec.image_size} batch {batch}"

@@ -84,15 +84,28 @@ class EpochRunner:
 
 def loader_images_per_s(batches, epochs=2):
     """Images per second of iterating `batches` alone (the device's work included)."""
-    device, images, tic = None, 0, None
+    images, tic = 0, None
     for epoch in range(epochs + 1):  # the first warms up (workers start, the device data is placed)
         batches.set_epoch(epoch)
         if epoch == 1:
-            tic = sync(device) if device is not None else time.perf_counter()
-        for x, y in batches:
-            device = x.device
-            images += len(y) if epoch else 0
-    return images / (sync(device) - tic)
+            tic = sync(batches.device)
+        for _, labels in batches:
+            images += len(labels) if epoch else 0
+    return images / (sync(batches.device) - tic)
+
+
+def dense_and_masked(arch, spec, sparsity, masked_label="masked"):
+    """{"dense": model, masked_label: the same initial model pruned by one
+    global magnitude step straight to `sparsity`} (both from seed 0)."""
+    from app.datasets import model_for
+    from pruner.magnitude import global_magnitude_prune
+    from pruner.masking import apply_mask
+    models = {}
+    for variant in ("dense", masked_label):
+        torch.manual_seed(0)
+        models[variant] = model_for(arch, spec)
+    apply_mask(models[masked_label], global_magnitude_prune(models[masked_label], sparsity))
+    return models
 
 
 def synthetic_cifar(n, num_classes=10, seed=0):
@@ -127,11 +140,11 @@ PATHS = ("per-image", "device-resident")
 
 def path_batches(data, batch, device, path, workers=None):
     """The training batches of `data` through one path of app.batches (None where a split has no in-memory form)."""
-    from app.batches import DeviceBatches, LoaderBatches, default_workers
-    if path == "device-resident":
-        memory = getattr(data.train, "in_memory", None)
-        return None if memory is None else DeviceBatches(memory, batch, device, train=True)
-    return LoaderBatches(data.train, batch, device, True, default_workers(device) if workers is None else workers)
+    from app.batches import batches, default_workers, device_resident
+    if path == "device-resident" and not device_resident(data.train):
+        return None
+    return batches(data.train, batch, device, True, default_workers(device) if workers is None else workers,
+                   per_image=path == "per-image")
 
 
 def epoch_rows(models, data, batch, device, *, repeats=3, workers=None, ceiling_steps=20, amp=True, say=print):
@@ -144,9 +157,10 @@ def epoch_rows(models, data, batch, device, *, repeats=3, workers=None, ceiling_
     spec = data.spec
     shape = (spec.in_channels, spec.image_size, spec.image_size)
     n = len(data.train)
-    rows, runners, feeds = [], {}, {}
+    rows, runners, feeds, ceilings = [], {}, {}, {}
     for variant, model in models.items():
         ceiling = throughput(copied(model), batch, shape, spec.num_classes, device, amp, steps=ceiling_steps)
+        ceilings[variant] = ceiling["images_per_s"]
         rows.append({"variant": variant, "path": "step alone", "batch": batch, "amp": ceiling["amp"],
                      **{k: ceiling[k] for k in ("images_per_s", "images_per_s_p10", "images_per_s_p90")},
                      "of_ceiling": 1.0})
@@ -166,10 +180,9 @@ def epoch_rows(models, data, batch, device, *, repeats=3, workers=None, ceiling_
                     samples[(variant, path)].append(n / seconds)
     for (variant, path), rates in samples.items():
         s = summary(rates)
-        ceiling = next(r["images_per_s"] for r in rows if r["variant"] == variant and r["path"] == "step alone")
-        rows.append({"variant": variant, "path": getattr(feeds[path], "path", path), "batch": batch,
+        rows.append({"variant": variant, "path": feeds[path].path, "batch": batch,
                      "images_per_s": s["median"], "images_per_s_p10": s["p10"], "images_per_s_p90": s["p90"],
-                     "epoch_images": n, "of_ceiling": s["median"] / ceiling})
+                     "epoch_images": n, "of_ceiling": s["median"] / ceilings[variant]})
     return rows
 
 

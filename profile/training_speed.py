@@ -26,15 +26,12 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import torch  # noqa: E402
-
-from app.datasets import dataset_names, load_dataset, model_for  # noqa: E402
+from app.datasets import dataset_names, load_dataset  # noqa: E402
 from app.report import write_json  # noqa: E402
 from bench.layer import environment_line  # noqa: E402
-from bench.training import epoch_rows, epoch_table, loader_rows, synthetic_cifar, synthetic_jpeg_folders  # noqa: E402
+from bench.training import (dense_and_masked, epoch_rows, epoch_table, loader_rows, synthetic_cifar,  # noqa: E402
+                            synthetic_jpeg_folders)
 from models import model_names  # noqa: E402
-from pruner.magnitude import global_magnitude_prune  # noqa: E402
-from pruner.masking import apply_mask  # noqa: E402
 from utils.errors import InvalidInput, run_cli  # noqa: E402
 from utils.runtime import select_device  # noqa: E402
 
@@ -68,17 +65,6 @@ def check_args(args):
     for name in ("images", "image_size", "batch_size", "repeats"):
         if getattr(args, name) < 1:
             raise InvalidInput(f"--{name} must be at least 1, got {getattr(args, name)}")
-
-
-def dense_and_masked(arch, spec, sparsity):
-    models = {}
-    for variant in ("dense", "masked"):
-        torch.manual_seed(0)
-        model = model_for(arch, spec)
-        if variant == "masked":  # one global magnitude step straight to the target sparsity
-            apply_mask(model, global_magnitude_prune(model, sparsity))
-        models[variant] = model
-    return models
 
 
 def measure(args, data, device):
