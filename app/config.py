@@ -79,8 +79,8 @@ class TrainConfig(FlagConfig):
                                   "instead of batches gathered and augmented on the device (the reference path)",
                            "general")
     amp: bool = flag(True, "disable mixed precision on CUDA", "general", flags=("--no_amp",))
-    amp_dtype: str = flag("auto", "autocast dtype on CUDA: auto = bf16 where the GPU has it (no gradient scaler), "
-                                  "else fp16 with a scaler", "general", choices=["auto", "bf16", "fp16"])
+    amp_dtype: str = flag("auto", "autocast dtype on CUDA: auto = bf16 where the GPU computes it (compute capability "
+                                  "8.0 on; no gradient scaler), else fp16 with a scaler", "general", choices=["auto", "bf16", "fp16"])
     batch_size: int = flag(128, "images per batch (the global batch under torchrun)", "training", type=int)
     lr: float = flag(0.1, "initial learning rate", "training", type=float)
     momentum: float = flag(0.9, "SGD momentum", "training", type=float)
