@@ -202,9 +202,10 @@ def loader_rows(data, batch, device, epochs=2):
 
 def epoch_table(rows):
     """Printable lines of epoch_rows."""
-    lines = [f"  {'model':<10} {'path':<36} {'images/s':>10} {'p10-p90':>17} {'of ceiling':>10}"]
+    width = max([len("model")] + [len(r["variant"]) for r in rows])  # "masked (80%)" and the like
+    lines = [f"  {'model':<{width}} {'path':<36} {'images/s':>10} {'p10-p90':>17} {'of ceiling':>10}"]
     for r in rows:
         spread = f"{r['images_per_s_p10']:.0f}-{r['images_per_s_p90']:.0f}"
-        lines.append(f"  {r['variant']:<10} {r['path']:<36} {r['images_per_s']:10.0f} {spread:>17} "
+        lines.append(f"  {r['variant']:<{width}} {r['path']:<36} {r['images_per_s']:10.0f} {spread:>17} "
                      f"{r['of_ceiling']:10.2f}")
     return lines
